@@ -1,0 +1,87 @@
+"""Files a run writes into its folder, each written whole or not at all (temp file + rename).
+
+    <run>/metrics.csv             one row per finished epoch
+    <run>/summary.json            what the run was and how it ended (rewritten after every epoch)
+    <run>/checkpoints/last.pt     state after the latest epoch
+    <run>/checkpoints/best.pt     state at the best epoch by the run's objective
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+_UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
+os.umask(_UMASK)  # ... and put it straight back
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call write(file) on a temp file beside `path`, flush it to disk, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows may differ in keys; columns are their union in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    write_atomically(path, lambda file: torch.save(state, file))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class RunFolder:
+    """The artifacts of one run, in the folder Hydra made for it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.metrics = self.path / METRICS_FILE
+        self.summary = self.path / SUMMARY_FILE
+        self.checkpoints = self.path / CHECKPOINT_DIR
+
+    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
+        write_csv(self.metrics, history)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary, summary)
+
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        save_checkpoint(self.checkpoints / f"{name}.pt", state)

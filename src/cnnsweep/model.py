@@ -1,0 +1,109 @@
+"""The convolutional network family and its parameter budget.
+
+One class covers the seed network and the variants sweeps explore: the layer layout, the
+convolution widths, dropout and the head are constructor arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cnnsweep.errors import UserError
+
+# layout token -> (kernel size, padding). Every convolution is followed by BatchNorm, ReLU, Dropout.
+CONV_TOKENS = {
+    "conv": (3, 1),  # 3x3, keeps the spatial size
+    "conv_valid": (3, 0),  # 3x3 without padding: shrinks each side by 2
+    "conv1x1": (1, 0),  # pointwise: mixes channels, keeps the spatial size
+}
+POOL_TOKEN = "pool"  # 2x2 max pooling, stride 2
+HEADS = ("flatten", "gap")  # flatten: Linear over C*H*W; gap: global average pool, then Linear over C
+
+
+class ConvNet(nn.Module):
+    """Conv blocks and 2x2 max pools in the order `layout` gives, then a linear classifier.
+
+    `widths` holds the output channels of each convolution in layout order. The forward pass
+    returns log-probabilities (use with NLL loss).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        layout: Sequence[str],
+        dropout: float = 0.1,
+        head: str = "flatten",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+    ) -> None:
+        super().__init__()
+        widths, layout = list(widths), list(layout)
+        _check_architecture(widths, layout, dropout, head)
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        conv_widths = iter(widths)
+        for position, token in enumerate(layout):
+            if token == POOL_TOKEN:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            else:
+                kernel, padding = CONV_TOKENS[token]
+                width = next(conv_widths)
+                layers += [
+                    nn.Conv2d(channels, width, kernel, padding=padding),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                    nn.Dropout(dropout),
+                ]
+                channels, size = width, size + 2 * padding - kernel + 1
+            if size < 1:
+                raise UserError(
+                    f"model.layout {layout} shrinks a {image_size}x{image_size} image to nothing at "
+                    f"position {position} ({token!r}); use fewer 'pool'/'conv_valid' layers"
+                )
+        self.features = nn.Sequential(*layers)
+        if head == "gap":
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        else:
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(images)), dim=1)
+
+
+def _check_architecture(widths: list[int], layout: list[str], dropout: float, head: str) -> None:
+    unknown = [token for token in layout if token not in CONV_TOKENS and token != POOL_TOKEN]
+    if unknown:
+        allowed = ", ".join([*CONV_TOKENS, POOL_TOKEN])
+        raise UserError(f"model.layout has unknown layer(s) {unknown}; allowed: {allowed}")
+    n_convs = sum(token in CONV_TOKENS for token in layout)
+    if len(widths) != n_convs:
+        raise UserError(
+            f"model.widths has {len(widths)} entries but model.layout has {n_convs} convolutions; "
+            "give one width per convolution"
+        )
+    bad = [w for w in widths if not isinstance(w, int) or isinstance(w, bool) or w <= 0]
+    if bad:
+        raise UserError(f"model.widths must be positive integers, got {widths}")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.dropout={dropout} is outside [0, 1)")
+    if head not in HEADS:
+        raise UserError(f"model.head={head!r} is unknown; allowed: {', '.join(HEADS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_budget(n_params: int, max_params: int | None) -> None:
+    """Refuse a model over the parameter budget (`budget.max_params`; None disables the check)."""
+    if max_params is not None and n_params > max_params:
+        raise UserError(
+            f"model has {n_params:,} parameters, over the budget of {max_params:,} "
+            "(shrink model.widths, or raise/disable budget.max_params)"
+        )

@@ -1,0 +1,174 @@
+"""One training run: config -> objects -> epochs -> artifacts -> objective.
+
+`train(cfg, run_dir)` is what `python train.py` calls for each run and each sweep trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import cnnsweep
+from cnnsweep.artifacts import RunFolder
+from cnnsweep.data import n_batches
+from cnnsweep.errors import UserError
+from cnnsweep.loop import EpochRecord
+from cnnsweep.model import check_budget, count_parameters
+
+log = logging.getLogger(__name__)
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+VERSIONED_PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "optuna", "numpy")
+
+
+def resolve_objective(name: str, val_size: int) -> str:
+    """`auto` -> val_acc with a validation split, else test_acc; other names are checked."""
+    if name == "auto":
+        return "val_acc" if val_size > 0 else "test_acc"
+    if name not in METRICS:
+        raise UserError(f"objective={name!r} is unknown; allowed: auto, {', '.join(METRICS)}")
+    if name.startswith("val_") and val_size <= 0:
+        raise UserError(f"objective={name} needs a validation split: set data.val_size > 0")
+    return name
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if metric.endswith("_acc") else value < best
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train the configured model, write the run's artifacts into run_dir, return the objective."""
+    started = time.time()
+    objective = resolve_objective(cfg.objective, cfg.data.val_size)
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _convert_="all")
+    n_params = count_parameters(model)
+    check_budget(n_params, cfg.budget.max_params)
+    trainer = instantiate(cfg.trainer)
+    data = instantiate(cfg.data)
+    augmentation = instantiate(cfg.augmentation)
+    model.to(trainer.device)
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    log.info(f"model: {n_params:,} parameters; device: {trainer.device}; objective: {objective}")
+
+    splits = data.load(trainer.device)
+    sizes = f"{len(splits.train):,} train, {len(splits.val) if splits.val else 0:,} val, {len(splits.test):,} test"
+    log.info(f"data: {sizes} images from {data.root}")
+    steps_per_epoch = n_batches(len(splits.train), data.batch_size)
+    scheduler = instantiate(cfg.scheduler)(optimizer, epochs=trainer.epochs, steps_per_epoch=steps_per_epoch)
+    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
+
+    folder = RunFolder(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    summary = base_summary(cfg, objective, n_params, trainer.device)
+    history: list[EpochRecord] = []
+
+    def on_epoch_end(record: EpochRecord) -> None:
+        history.append(record)
+        log.info(format_epoch(record, trainer.epochs))
+        folder.write_metrics(history)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": record["epoch"],
+            "metrics": record,
+            "config": resolved,
+        }
+        folder.save_checkpoint("last", state)
+        if is_better(objective, record[objective], summary.get("best_checkpoint_value")):
+            folder.save_checkpoint("best", state)
+            summary["best_checkpoint_epoch"] = record["epoch"]
+            summary["best_checkpoint_value"] = record[objective]
+        summary.update(summarize(history, objective), wall_time_s=time.time() - started)
+        folder.write_summary(summary)
+
+    trainer.fit(model, optimizer, scheduler, data, splits, augmentation, generator, on_epoch_end)
+    summary.update(status="completed", wall_time_s=time.time() - started)
+    folder.write_summary(summary)
+    value = summary["objective_value"]
+    log.info(f"done in {summary['wall_time_s']:.0f} s: {objective} = {value:.4f}; run folder {run_dir}")
+    return value
+
+
+def base_summary(cfg: DictConfig, objective: str, n_params: int, device: torch.device) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "params": n_params,
+        "epochs": cfg.trainer.epochs,
+        "epochs_run": 0,
+        "objective": objective,
+        "objective_value": None,
+        "seed": cfg.seed,
+        "device": str(device),
+        "device_name": device_name(device),
+        "git_commit": git_commit(),
+        "versions": versions(),
+    }
+
+
+def summarize(history: list[EpochRecord], objective: str) -> dict[str, Any]:
+    """Final and best value (with its epoch) of each accuracy, and the objective's final value."""
+    final = history[-1]
+    summary: dict[str, Any] = {"epochs_run": len(history), "objective_value": final[objective]}
+    for metric in ("train_loss", "val_acc", "test_acc", "val_loss", "test_loss"):
+        if metric not in final:
+            continue
+        summary[f"final_{metric}"] = final[metric]
+        if metric.endswith("_acc"):
+            best = max(history, key=lambda record: record[metric])
+            summary[f"best_{metric}"] = best[metric]
+            summary[f"best_{metric}_epoch"] = best["epoch"]
+    return summary
+
+
+def format_epoch(record: EpochRecord, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.6g}"]
+    for split in ("train", "val", "test"):
+        if f"{split}_loss" in record:
+            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%")
+    parts.append(f"{record['seconds']:.1f} s, {record['images_per_s']:,.0f} img/s")
+    return " | ".join(parts)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "cnnsweep": cnnsweep.__version__}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str | None:
+    """Commit of the cnnsweep source that ran (with '-dirty' for uncommitted changes), if in git."""
+    source = Path(cnnsweep.__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")

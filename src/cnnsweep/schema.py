@@ -1,0 +1,150 @@
+"""Typed schemas for every config group option, registered in Hydra's ConfigStore.
+
+Each YAML option in conf/ starts its defaults list with its schema (e.g. `/schema/optimizer@_here_:
+sgd`), so a misspelt key or a value of the wrong type is refused while the config is composed,
+before any work starts. The schemas hold types only: every value lives in the YAML files.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# OmegaConf reads these annotations at runtime: use typing.Optional/List forms it understands.
+# ruff: noqa: UP006, UP007, UP045
+
+
+@dataclass
+class ConvNetSchema:
+    _target_: str = MISSING
+    widths: list[int] = MISSING
+    layout: list[str] = MISSING
+    dropout: float = MISSING
+    head: str = MISSING
+
+
+@dataclass
+class SGDSchema:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class AdamWSchema:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class StepSchema:
+    _target_: str = MISSING
+    _partial_: bool = True
+    step_size: int = MISSING
+    gamma: float = MISSING
+
+
+@dataclass
+class CosineSchema:
+    _target_: str = MISSING
+    _partial_: bool = True
+    eta_min: float = MISSING
+
+
+@dataclass
+class OneCycleSchema:
+    _target_: str = MISSING
+    _partial_: bool = True
+    max_lr: float = MISSING
+    pct_start: float = MISSING
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
+    anneal_strategy: str = MISSING
+    three_phase: bool = MISSING
+    cycle_momentum: bool = MISSING
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
+
+
+@dataclass
+class RotationSchema:
+    _target_: str = MISSING
+    degrees: float = MISSING
+    interpolation: str = MISSING
+
+
+@dataclass
+class NoAugmentationSchema:
+    _target_: str = MISSING
+
+
+@dataclass
+class MNISTSchema:
+    _target_: str = MISSING
+    root: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_size: int = MISSING
+    split_seed: int = MISSING
+    train_limit: Optional[int] = MISSING
+    test_limit: Optional[int] = MISSING
+    mean: float = MISSING
+    std: float = MISSING
+    download: bool = MISSING
+
+
+@dataclass
+class TrainerSchema:
+    _target_: str = MISSING
+    epochs: int = MISSING
+    device: str = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class BudgetSchema:
+    max_params: Optional[int] = MISSING
+
+
+@dataclass
+class TrainSchema:
+    # Group nodes are typed by their own option's schema (above), whichever option is chosen.
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    augmentation: Any = MISSING
+    data: Any = MISSING
+    trainer: Any = MISSING
+    seed: int = MISSING
+    objective: str = MISSING
+    budget: BudgetSchema = MISSING
+
+
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"convnet": ConvNetSchema},
+    "optimizer": {"sgd": SGDSchema, "adamw": AdamWSchema},
+    "scheduler": {"step": StepSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema},
+    "augmentation": {"rotation": RotationSchema, "none": NoAugmentationSchema},
+    "data": {"mnist": MNISTSchema},
+    "trainer": {"trainer": TrainerSchema},
+}
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent; runs on import of this module)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainSchema)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+register()

@@ -1,9 +1,9 @@
 """Files a run writes into its folder, each written whole or not at all (temp file + rename).
 
-    <run>/metrics.csv             one row per finished epoch
-    <run>/summary.json            what the run was and how it ended (rewritten after every epoch)
-    <run>/checkpoints/last.pt     state after the latest epoch
-    <run>/checkpoints/best.pt     state at the best epoch by the run's objective
+<run>/metrics.csv             one row per finished epoch
+<run>/summary.json            what the run was and how it ended (rewritten after every epoch)
+<run>/checkpoints/last.pt     state after the latest epoch
+<run>/checkpoints/best.pt     state at the best epoch by the run's objective
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise UserError(f"trainer.device={name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from error
+        raise UserError(
+            f"trainer.device={name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)"
+        ) from error
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
@@ -82,8 +84,10 @@ def train_epoch(
         seen += len(batch.labels)
         if (index + 1) % CHECK_EVERY == 0 or index + 1 == total_batches:
             _check_finite(batch_losses[: index + 1], epoch)
-            bar.set_postfix(loss=f"{batch_losses[index].item() / len(batch.labels):.4f}",
-                            acc=f"{100 * correct.item() / seen:.2f}%")
+            bar.set_postfix(
+                loss=f"{batch_losses[index].item() / len(batch.labels):.4f}",
+                acc=f"{100 * correct.item() / seen:.2f}%",
+            )
         bar.update(1)
     bar.close()
     return {"train_loss": batch_losses.sum().item() / seen, "train_acc": correct.item() / seen}
@@ -148,11 +152,17 @@ class Trainer:
             start = time.perf_counter()
             batches = shuffled_batches(splits.train, data.batch_size, generator)
             record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(model, optimizer, scheduler, batches, steps, prepare_train, epoch, self.progress)
+            record |= train_epoch(
+                model, optimizer, scheduler, batches, steps, prepare_train, epoch, self.progress
+            )
             train_seconds = time.perf_counter() - start
             if splits.val is not None:
-                record["val_loss"], record["val_acc"] = evaluate(model, splits.val, data.eval_batch_size, prepare_eval)
-            record["test_loss"], record["test_acc"] = evaluate(model, splits.test, data.eval_batch_size, prepare_eval)
+                record["val_loss"], record["val_acc"] = evaluate(
+                    model, splits.val, data.eval_batch_size, prepare_eval
+                )
+            record["test_loss"], record["test_acc"] = evaluate(
+                model, splits.test, data.eval_batch_size, prepare_eval
+            )
             record["seconds"] = time.perf_counter() - start
             record["images_per_s"] = len(splits.train) / train_seconds
             history.append(record)

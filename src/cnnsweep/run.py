@@ -63,8 +63,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     log.info(f"model: {n_params:,} parameters; device: {trainer.device}; objective: {objective}")
 
     splits = data.load(trainer.device)
-    sizes = f"{len(splits.train):,} train, {len(splits.val) if splits.val else 0:,} val, {len(splits.test):,} test"
-    log.info(f"data: {sizes} images from {data.root}")
+    n_val = len(splits.val) if splits.val else 0
+    log.info(
+        f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}"
+    )
     steps_per_epoch = n_batches(len(splits.train), data.batch_size)
     scheduler = instantiate(cfg.scheduler)(optimizer, epochs=trainer.epochs, steps_per_epoch=steps_per_epoch)
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
@@ -137,7 +139,9 @@ def format_epoch(record: EpochRecord, epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.6g}"]
     for split in ("train", "val", "test"):
         if f"{split}_loss" in record:
-            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%")
+            parts.append(
+                f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%"
+            )
     parts.append(f"{record['seconds']:.1f} s, {record['images_per_s']:,.0f} img/s")
     return " | ".join(parts)
 
@@ -167,7 +171,11 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, timeout=5, check=True,
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from cnnsweep.augment import NoAugmentation, RandomRotation, rotate
+from cnnsweep.errors import UserError
+
+
+def digits(n: int = 8) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_rotation_keeps_shape_dtype_and_value_range(interpolation):
+    images = digits()
+    out = RandomRotation(7.0, interpolation)(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert not torch.equal(out, images)
+
+
+def test_angle_zero_is_the_identity():
+    images = digits()
+    zero = torch.zeros(len(images))
+    assert torch.equal(rotate(images, zero, "nearest"), images)
+    assert torch.allclose(rotate(images, zero, "bilinear"), images, atol=1e-5)
+    assert torch.equal(RandomRotation(0.0)(images, torch.Generator().manual_seed(0)), images)
+
+
+def test_quarter_turn_moves_pixels_as_a_rotation_and_fills_with_zero():
+    images = digits(2)
+    turned = rotate(images, torch.full((2,), 90.0), "nearest")
+    # a quarter turn of a square image moves every pixel to another pixel centre
+    assert torch.equal(turned, torch.rot90(images, k=1, dims=(2, 3))) or torch.equal(
+        turned, torch.rot90(images, k=-1, dims=(2, 3))
+    )
+    corner_fill = rotate(torch.ones(1, 1, 28, 28), torch.tensor([45.0]), "nearest")
+    assert corner_fill[0, 0, 0, 0] == 0 and corner_fill[0, 0, 14, 14] == 1
+
+
+def test_each_image_gets_its_own_angle_and_draws_are_seeded():
+    image = digits(1).repeat(16, 1, 1, 1)
+    first = RandomRotation(7.0)(image, torch.Generator().manual_seed(3))
+    again = RandomRotation(7.0)(image, torch.Generator().manual_seed(3))
+    assert torch.equal(first, again)
+    distinct = {tuple(first[i].flatten().tolist()) for i in range(16)}
+    assert len(distinct) > 8
+
+
+def test_no_augmentation_returns_images_unchanged():
+    images = digits()
+    assert NoAugmentation()(images, torch.Generator()) is images
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(UserError, match="interpolation='bicubic'"):
+        RandomRotation(7.0, "bicubic")
+    with pytest.raises(UserError, match="degrees=-1"):
+        RandomRotation(-1.0)

@@ -1,0 +1,90 @@
+"""The real config: every option composes and instantiates; typos and wrong types are refused."""
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from cnnsweep.augment import NoAugmentation, RandomRotation
+from cnnsweep.data import MNISTData
+from cnnsweep.loop import Trainer
+
+from conftest import CONF, compose_train
+
+GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "trainer")
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+def test_the_required_options_exist():
+    required = {
+        ("model", "seed_cnn"),
+        ("optimizer", "sgd"),
+        ("optimizer", "adamw"),
+        ("scheduler", "step"),
+        ("scheduler", "onecycle"),
+        ("scheduler", "cosine"),
+        ("augmentation", "rotate"),
+        ("augmentation", "none"),
+        ("data", "mnist"),
+        ("trainer", "default"),
+    }
+    assert required <= set(OPTIONS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes_and_instantiates(group, option):
+    cfg = compose_train([f"{group}={option}"])
+    model = instantiate(cfg.model, _convert_="all")
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    assert isinstance(instantiate(cfg.augmentation), (RandomRotation, NoAugmentation))
+    assert isinstance(instantiate(cfg.data), MNISTData)
+    assert isinstance(instantiate(cfg.trainer), Trainer)
+
+
+def test_default_composition_is_the_reference_recipe():
+    cfg = compose_train()
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum) == (0.025, 0.9)
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (9, 0.15)
+    assert (cfg.augmentation.degrees, cfg.augmentation.interpolation) == (7.0, "nearest")
+    assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.data.val_size) == (128, 0.1307, 0.3081, 0)
+    assert cfg.trainer.epochs == 19
+    assert cfg.model.dropout == 0.1
+    assert cfg.budget.max_params == 20000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDSchema'"),
+        ("optimizer.lr=fast", "could not be converted to Float"),
+        ("trainer.epochs=1.5", "could not be converted to Integer"),
+        ("model.widths=[10,abc]", "could not be converted to Integer"),
+        ("data.val_size=many", "could not be converted to Integer"),
+    ],
+)
+def test_misspelt_keys_and_wrong_types_are_refused_when_composing(override, message):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([override])
+    assert message in str(error.value) + str(error.value.__cause__)
+
+
+def test_unknown_group_option_is_refused():
+    with pytest.raises(MissingConfigException, match="optimizer/nadam"):
+        compose_train(["optimizer=nadam"])
+
+
+def test_a_misspelt_key_inside_a_yaml_file_is_refused(tmp_path):
+    bad = tmp_path / "optimizer"
+    bad.mkdir()
+    (bad / "typo.yaml").write_text(
+        "defaults:\n  - /schema/optimizer@_here_: sgd\n  - _self_\n"
+        "_target_: torch.optim.SGD\nlr: 0.1\nmomentum: 0.9\nweight_decay: 0.0\nnesterov: false\n"
+        "momentun: 0.8\n"
+    )
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([f"hydra.searchpath=[file://{tmp_path}]", "optimizer=typo"])
+    assert "momentun" in str(error.value) + str(error.value.__cause__)

@@ -33,7 +33,7 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
         assert float(row["train_loss"]) > 0 and float(row["images_per_s"]) > 0 and float(row["lr"]) == 0.025
 
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["params"] == 18_970
+    assert summary["status"] == "completed" and summary["n_params"] == 18_970
     assert summary["objective"] == "val_acc" and summary["objective_value"] == objective
     assert objective == float(rows[-1]["val_acc"])
     assert summary["final_test_acc"] == float(rows[-1]["test_acc"])
@@ -116,8 +116,6 @@ def test_over_budget_is_refused_in_one_line_before_reading_data(tmp_path):
 def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
     # 2 epochs on 10,000 images (157 steps): 92.8-96.2% on 1,000 test images over seeds 0-2.
     # One epoch on 5,000 images (40 steps) gave only 86.9%: too few steps for stable BatchNorm statistics.
-    overrides = tiny_overrides(
-        real_mnist, "data.train_limit=10000", "data.test_limit=1000", "trainer.epochs=2"
-    )
+    overrides = tiny_overrides(real_mnist, "data.train_limit=10000", "data.test_limit=1000", "trainer.epochs=2")
     test_acc = train(compose_train(overrides), tmp_path)
     assert test_acc > 0.90

@@ -25,8 +25,7 @@ class RandomRotation:
             raise UserError(f"augmentation.degrees={degrees} must be >= 0")
         if interpolation not in INTERPOLATIONS:
             raise UserError(
-                f"augmentation.interpolation={interpolation!r} is unknown; "
-                f"allowed: {', '.join(INTERPOLATIONS)}"
+                f"augmentation.interpolation={interpolation!r} is unknown; allowed: {', '.join(INTERPOLATIONS)}"
             )
         self.degrees = degrees
         self.interpolation = interpolation

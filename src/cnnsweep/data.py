@@ -103,9 +103,7 @@ class MNISTData:
         test_images, test_labels = self._read(train=False, limit=self.test_limit)
         val = None
         if self.val_size:
-            order = torch.randperm(
-                len(train_labels), generator=torch.Generator().manual_seed(self.split_seed)
-            )
+            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.split_seed))
             val_index, train_index = order[: self.val_size], order[self.val_size :]
             val = Split(train_images[val_index].to(device), train_labels[val_index].to(device))
             train_images, train_labels = train_images[train_index], train_labels[train_index]

@@ -26,9 +26,14 @@ CHECK_EVERY = 25  # batches between reads of the running loss (progress bar, div
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
+    run_status = "diverged"  # summary.json status of a run stopped by this error
+
     def __init__(self, epoch: int, batch: int, loss: float) -> None:
-        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, batch {batch}")
+        super().__init__(epoch, batch, loss)  # all in args, so the error pickles across processes
         self.epoch, self.batch, self.loss = epoch, batch, loss
+
+    def __str__(self) -> str:
+        return f"training diverged: loss {self.loss} at epoch {self.epoch}, batch {self.batch}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,9 +47,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise UserError(
-            f"trainer.device={name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)"
-        ) from error
+        raise UserError(f"trainer.device={name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from error
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
@@ -152,17 +155,11 @@ class Trainer:
             start = time.perf_counter()
             batches = shuffled_batches(splits.train, data.batch_size, generator)
             record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(
-                model, optimizer, scheduler, batches, steps, prepare_train, epoch, self.progress
-            )
+            record |= train_epoch(model, optimizer, scheduler, batches, steps, prepare_train, epoch, self.progress)
             train_seconds = time.perf_counter() - start
             if splits.val is not None:
-                record["val_loss"], record["val_acc"] = evaluate(
-                    model, splits.val, data.eval_batch_size, prepare_eval
-                )
-            record["test_loss"], record["test_acc"] = evaluate(
-                model, splits.test, data.eval_batch_size, prepare_eval
-            )
+                record["val_loss"], record["val_acc"] = evaluate(model, splits.val, data.eval_batch_size, prepare_eval)
+            record["test_loss"], record["test_acc"] = evaluate(model, splits.test, data.eval_batch_size, prepare_eval)
             record["seconds"] = time.perf_counter() - start
             record["images_per_s"] = len(splits.train) / train_seconds
             history.append(record)

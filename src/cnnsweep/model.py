@@ -100,10 +100,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+class OverBudget(UserError):
+    """The model has more trainable parameters than `budget.max_params` allows."""
+
+    run_status = "over_budget"  # summary.json status of a run stopped by this error
+
+    def __init__(self, n_params: int, max_params: int) -> None:
+        super().__init__(n_params, max_params)  # both in args, so the error pickles across processes
+        self.n_params, self.max_params = n_params, max_params
+
+    def __str__(self) -> str:
+        return (
+            f"model has {self.n_params:,} parameters, over the budget of {self.max_params:,} "
+            "(shrink model.widths, or raise/disable budget.max_params)"
+        )
+
+
 def check_budget(n_params: int, max_params: int | None) -> None:
     """Refuse a model over the parameter budget (`budget.max_params`; None disables the check)."""
     if max_params is not None and n_params > max_params:
-        raise UserError(
-            f"model has {n_params:,} parameters, over the budget of {max_params:,} "
-            "(shrink model.widths, or raise/disable budget.max_params)"
-        )
+        raise OverBudget(n_params, max_params)

@@ -9,9 +9,11 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from hydra.utils import instantiate
@@ -47,33 +49,75 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
     return value > best if metric.endswith("_acc") else value < best
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Train the configured model, write the run's artifacts into run_dir, return the objective."""
+class Reporter(Protocol):
+    """Receives the objective after every epoch; may stop the run by raising (e.g. an Optuna prune)."""
+
+    def report(self, epoch: int, value: float, last: bool) -> None: ...
+
+
+def train(cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None) -> float:
+    """Train the configured model, write the run's artifacts into run_dir, return the objective.
+
+    summary.json records how the run ended (completed, over_budget, pruned, diverged, failed,
+    interrupted) whatever happens once the model is built.
+    """
     started = time.time()
     objective = resolve_objective(cfg.objective, cfg.data.val_size)
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model, _convert_="all")
     n_params = count_parameters(model)
-    check_budget(n_params, cfg.budget.max_params)
+    folder = RunFolder(run_dir)
+    summary = base_summary(cfg, objective, n_params)
+    with record_outcome(folder, summary, started):
+        check_budget(n_params, cfg.budget.max_params)
+        _fit(cfg, model, objective, folder, summary, started, reporter)
+    value = summary["objective_value"]
+    log.info(f"done in {summary['wall_time_s']:.0f} s: {objective} = {value:.4f}; run folder {run_dir}")
+    return value
+
+
+@contextmanager
+def record_outcome(folder: RunFolder, summary: dict[str, Any], started: float) -> Iterator[None]:
+    """Write summary.json with the run's final status, also when the run stops with an error."""
+    try:
+        yield
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        status = "interrupted" if interrupted else getattr(error, "run_status", "failed")
+        summary.update(status=status, error=f"{type(error).__name__}: {error}")
+        raise
+    else:
+        summary["status"] = "completed"
+    finally:
+        summary["wall_time_s"] = time.time() - started
+        folder.write_summary(summary)
+
+
+def _fit(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    objective: str,
+    folder: RunFolder,
+    summary: dict[str, Any],
+    started: float,
+    reporter: Reporter | None,
+) -> None:
     trainer = instantiate(cfg.trainer)
+    summary.update(device=str(trainer.device), device_name=device_name(trainer.device))
     data = instantiate(cfg.data)
     augmentation = instantiate(cfg.augmentation)
     model.to(trainer.device)
     optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
-    log.info(f"model: {n_params:,} parameters; device: {trainer.device}; objective: {objective}")
+    log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {objective}")
 
     splits = data.load(trainer.device)
     n_val = len(splits.val) if splits.val else 0
-    log.info(
-        f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}"
-    )
+    log.info(f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}")
     steps_per_epoch = n_batches(len(splits.train), data.batch_size)
     scheduler = instantiate(cfg.scheduler)(optimizer, epochs=trainer.epochs, steps_per_epoch=steps_per_epoch)
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
 
-    folder = RunFolder(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    summary = base_summary(cfg, objective, n_params, trainer.device)
     history: list[EpochRecord] = []
 
     def on_epoch_end(record: EpochRecord) -> None:
@@ -95,26 +139,21 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             summary["best_checkpoint_value"] = record[objective]
         summary.update(summarize(history, objective), wall_time_s=time.time() - started)
         folder.write_summary(summary)
+        if reporter is not None:
+            reporter.report(record["epoch"], record[objective], last=record["epoch"] == trainer.epochs)
 
     trainer.fit(model, optimizer, scheduler, data, splits, augmentation, generator, on_epoch_end)
-    summary.update(status="completed", wall_time_s=time.time() - started)
-    folder.write_summary(summary)
-    value = summary["objective_value"]
-    log.info(f"done in {summary['wall_time_s']:.0f} s: {objective} = {value:.4f}; run folder {run_dir}")
-    return value
 
 
-def base_summary(cfg: DictConfig, objective: str, n_params: int, device: torch.device) -> dict[str, Any]:
+def base_summary(cfg: DictConfig, objective: str, n_params: int) -> dict[str, Any]:
     return {
         "status": "running",
-        "params": n_params,
+        "n_params": n_params,
         "epochs": cfg.trainer.epochs,
         "epochs_run": 0,
         "objective": objective,
         "objective_value": None,
         "seed": cfg.seed,
-        "device": str(device),
-        "device_name": device_name(device),
         "git_commit": git_commit(),
         "versions": versions(),
     }
@@ -139,9 +178,7 @@ def format_epoch(record: EpochRecord, epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.6g}"]
     for split in ("train", "val", "test"):
         if f"{split}_loss" in record:
-            parts.append(
-                f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%"
-            )
+            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%")
     parts.append(f"{record['seconds']:.1f} s, {record['images_per_s']:,.0f} img/s")
     return " | ".join(parts)
 

@@ -14,9 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR,
 from cnnsweep.errors import UserError
 
 
-def step_lr(
-    optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, step_size: int, gamma: float
-) -> LRScheduler:
+def step_lr(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, step_size: int, gamma: float) -> LRScheduler:
     """Multiply the learning rate by `gamma` every `step_size` epochs."""
     if step_size <= 0:
         raise UserError(f"scheduler.step_size={step_size} must be a positive number of epochs")

@@ -1,0 +1,195 @@
+"""cnnsweep's Optuna sweeper: hydra-optuna-sweeper's search-space handling with a sturdier loop.
+
+What it adds to the released sweeper (whose config, search-space parsing and trial configuration
+it reuses):
+- every job learns its trial (`hydra.sweeper.trial`) and reports to it each epoch, so the
+  pruner can stop it: such trials are PRUNED, not FAIL;
+- a model over `budget.max_params` is PRUNED before any data is read, with its parameter count;
+- a job that raises (or diverges) is a FAIL with its error; the sweep goes on until more than
+  `max_failure_rate * n_trials` trials of this sweep failed;
+- the study lives in storage (SQLite by default) and `n_trials` is the study's total: rerunning
+  the command continues it, trials left RUNNING by a dead worker are failed and re-queued, and
+  several workers may share one study;
+- trials.csv and optimization_results.yaml describe every trial, after every batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from cnnsweep.artifacts import SUMMARY_FILE, read_json
+from cnnsweep.model import OverBudget
+from cnnsweep.results import facts_from_summary, table_row, write_results
+from cnnsweep.study import (
+    REASON,
+    SURPLUS,
+    claim,
+    heartbeats,
+    n_counted,
+    open_storage,
+    requeue_lost_trials,
+)
+
+log = logging.getLogger(__name__)
+OVERRIDES = "overrides"  # user attr: the task overrides the trial's job ran with
+
+
+class SweepAborted(RuntimeError):
+    """Too many trials of this sweep failed."""
+
+
+class StudySweeper(OptunaSweeperImpl):
+    """The sweep loop; constructed by hydra_plugins.cnnsweep_sweeper from `hydra.sweeper`."""
+
+    def __init__(
+        self,
+        *,
+        pruner: Any,
+        heartbeat_interval: int,
+        grace_period: int | None,
+        **optuna_sweeper_args: Any,
+    ) -> None:
+        super().__init__(**optuna_sweeper_args)
+        self.pruner = pruner
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def sweep(self, arguments: list[str]) -> None:
+        distributions, fixed_params = self._search_space(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler,
+            pruner=self.pruner,
+            directions=self._get_directions(),
+            load_if_exists=True,
+        )
+        log.info(f"study {study.study_name!r} in {self.storage}: {len(study.trials)} trials so far")
+        lost = requeue_lost_trials(study, storage)
+        if lost:
+            log.warning(f"trials {lost} were left RUNNING by a stopped worker: failed, parameters re-queued")
+
+        failures = 0
+        while True:
+            study = self._load(storage)  # a fresh view: optuna's cache never re-reads its own trials
+            to_go = self.n_trials - n_counted(storage.get_all_trials(study._study_id, deepcopy=False))
+            if to_go <= 0:
+                break
+            trials = []
+            for _ in range(min(self.n_jobs, to_go)):
+                trial = study.ask()
+                if claim(study, storage, trial, self.n_trials):
+                    trials.append(trial)
+            if not trials:
+                break  # the remaining places are taken by other workers
+            overrides = self._configure_trials(trials, distributions, fixed_params)
+            overrides = [
+                (
+                    *trial_overrides,
+                    f"hydra.sweeper.trial={trial.number}",
+                    f"hydra.sweep.subdir={trial.number}",
+                )
+                for trial, trial_overrides in zip(trials, overrides, strict=True)
+            ]
+            with heartbeats(storage, [trial._trial_id for trial in trials]):
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            fresh = self._load(storage)
+            for trial, job in zip(trials, returns, strict=True):
+                failures += self._finish(fresh, trial.number, job) == TrialState.FAIL
+            self._write_results(storage, study._study_id, sweep_dir)
+            if failures > self.max_failure_rate * self.n_trials:
+                raise SweepAborted(
+                    f"{failures} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                    f"of n_trials={self.n_trials}; see {sweep_dir / 'trials.csv'}"
+                )
+        self._write_results(storage, study._study_id, sweep_dir)
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Distributions and fixed values from hydra.sweeper.params and the command line (as upstream)."""
+        self._process_searchspace_config()
+        distributions, fixed_params = create_params_from_overrides([*self._parse_sweeper_params_config(), *arguments])
+        if self.search_space_distributions:
+            distributions = {**self.search_space_distributions, **distributions}
+        if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
+            self.sampler = self.sampler(grid)
+            n_points = 1
+            for choices in grid.values():
+                n_points *= len(choices)
+            self.n_trials = min(self.n_trials, n_points)
+        for name in fixed_params:
+            distributions.pop(name, None)
+        return distributions, fixed_params
+
+    def _load(self, storage: optuna.storages.RDBStorage) -> optuna.Study:
+        return optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.sampler, pruner=self.pruner)
+
+    def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> TrialState:
+        """Record the job's outcome on its trial; returns the state told."""
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        attrs = self._job_facts(job)
+        value, state = None, TrialState.COMPLETE
+        if job.status == JobStatus.COMPLETED:
+            value = float(job.return_value)
+        else:
+            error = job._return_value  # the exception the job raised (JobReturn keeps it here)
+            pruned = isinstance(error, (optuna.TrialPruned, OverBudget))
+            state = TrialState.PRUNED if pruned else TrialState.FAIL
+            attrs[REASON] = str(error) if pruned else f"{type(error).__name__}: {error}"
+            if isinstance(error, OverBudget):
+                attrs["n_params"] = error.n_params
+            log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
+        for key, item in attrs.items():
+            study._storage.set_trial_user_attr(trial_id, key, item)
+        try:
+            study.tell(number, value, state=state)
+        except RuntimeError as error:
+            # GridSampler calls study.stop() once the grid is covered, which only works inside
+            # study.optimize; the trial's state and value are stored before that.
+            if "Study.stop" not in str(error):
+                raise
+        return state
+
+    @staticmethod
+    def _job_facts(job: JobReturn) -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        if job.hydra_cfg is not None:
+            run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+            facts[OVERRIDES] = [o for o in job.hydra_cfg.hydra.overrides.task]
+            summary_file = run_dir / SUMMARY_FILE
+            if summary_file.is_file():
+                facts |= facts_from_summary(read_json(summary_file), run_dir)
+            else:
+                facts["run_dir"] = str(run_dir)
+        return {key: item for key, item in facts.items() if item is not None}
+
+    def _write_results(self, storage: optuna.storages.RDBStorage, study_id: int, sweep_dir: Path) -> None:
+        trials = [t for t in storage.get_all_trials(study_id) if not t.user_attrs.get(SURPLUS)]
+        rows = [_trial_row(trial) for trial in trials]
+        overrides = {trial.number: trial.user_attrs.get(OVERRIDES, []) for trial in trials}
+        header = {"name": "optuna", "study_name": self.study_name, "storage": self.storage}
+        best = write_results(sweep_dir, rows, overrides, self._get_directions()[0], header)
+        if best is not None:
+            log.info(f"best so far: trial {best['number']}, value {best['value']}")
+
+
+def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    facts = dict(trial.user_attrs)
+    if trial.datetime_start and trial.datetime_complete:
+        facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
+    value = trial.value if trial.state == TrialState.COMPLETE else None
+    return table_row(trial.number, trial.state.name, value, dict(trial.params), facts)

@@ -1,0 +1,51 @@
+"""The job's side of an Optuna sweep: report the objective every epoch and stop when pruned.
+
+cnnsweep's sweeper tells each job its trial number through the per-job override
+`hydra.sweeper.trial=N`; the job opens the study from `hydra.sweeper.storage` and
+`hydra.sweeper.study_name` and reports to its own trial there, so pruning works with every
+launcher (in-process, joblib, submitit) and across machines sharing one storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cnnsweep.study import open_storage
+
+log = logging.getLogger(__name__)
+
+
+class Pruned(optuna.TrialPruned):
+    """The pruner stopped this trial."""
+
+    run_status = "pruned"  # summary.json status of a run stopped by this error
+
+
+class TrialReporter:
+    """Reports one trial's intermediate objective values and asks the pruner after each."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def report(self, epoch: int, value: float, last: bool) -> None:
+        self.trial.report(value, step=epoch)
+        if not last and self.trial.should_prune():
+            raise Pruned(f"pruned after epoch {epoch} (objective {value:.4f})")
+
+
+def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
+    """The reporter for this job's trial, or None when the job is not a cnnsweep Optuna trial."""
+    sweeper: Any = hydra_cfg.get("sweeper")
+    if sweeper is None or sweeper.get("trial") is None:
+        return None
+    storage = open_storage(sweeper.storage)
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, sweeper.trial)
+    log.info(f"reporting to trial {sweeper.trial} of study {sweeper.study_name!r}")
+    return TrialReporter(optuna.trial.Trial(study, trial_id))

@@ -1,0 +1,107 @@
+"""Registers cnnsweep's Optuna sweeper with Hydra: `hydra/sweeper=cnnsweep`.
+
+Its config is hydra-optuna-sweeper's (sampler, direction, storage, study_name, n_trials, n_jobs,
+max_failure_rate, params, ...) with different defaults and a few more keys; the loop itself is
+cnnsweep.sweep.StudySweeper. Hydra imports this module when it scans for plugins, so it stays
+light: optuna and torch are imported only when a sweep starts.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import MISSING, DictConfig
+
+# OmegaConf reads these annotations at runtime: keep typing's Optional/List forms.
+# ruff: noqa: UP006, UP007, UP035, UP045
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 4  # trials that run to the end before any is pruned
+    n_warmup_steps: int = 1  # epochs every trial runs before it may be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConf:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1  # epochs
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class ThresholdPrunerConf:
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: Optional[float] = None  # stop a trial whose objective falls below this ...
+    upper: Optional[float] = None  # ... or rises above this
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class CnnsweepSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    pruner: Any = MISSING
+    direction: Any = "maximize"
+    # The study persists here, so rerunning the same command continues it. Any SQLAlchemy URL
+    # works: postgresql://user:password@host/db lets workers on several machines share a study.
+    storage: Optional[Any] = "sqlite:///${hydra.sweep.dir}/optuna.db"
+    study_name: Optional[str] = "cnnsweep"
+    n_trials: int = 20  # trials in the whole study, across restarts and workers
+    n_jobs: int = 1  # trials launched at once (the launcher runs them; joblib: in parallel)
+    # The sweep stops once more than max_failure_rate * n_trials of its trials FAILed (a crash,
+    # a NaN loss); pruned and over-budget trials do not count as failures.
+    max_failure_rate: float = 0.25
+    heartbeat_interval: int = 60  # seconds between "still running" marks on each running trial
+    grace_period: Optional[int] = None  # seconds without a mark before a trial counts as lost (2x interval)
+    trial: Optional[int] = None  # set per job by the sweeper: the job's trial number
+
+
+class CnnsweepSweeper(Sweeper):
+    """Thin Hydra plugin class; the work happens in cnnsweep.sweep.StudySweeper."""
+
+    def __init__(self, trial: Optional[int] = None, **settings: Any) -> None:
+        from cnnsweep.sweep import StudySweeper
+
+        self.sweeper = StudySweeper(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> None:
+        return self.sweeper.sweep(arguments)
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="cnnsweep", node=CnnsweepSweeperConf, provider="cnnsweep")
+for name, node in (
+    ("median", MedianPrunerConf),
+    ("percentile", PercentilePrunerConf),
+    ("hyperband", HyperbandPrunerConf),
+    ("threshold", ThresholdPrunerConf),
+    ("nop", NopPrunerConf),
+):
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cnnsweep")

@@ -1,0 +1,226 @@
+"""Sweeps through `python train.py --multirun` on tiny data: every trial on record, with its state."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--multirun",
+        f"data.root={root}",
+        "data.download=false",
+        "data.val_size=100",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        "trainer.device=cpu",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
+
+
+def optuna_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """The lr_gamma_dropout search (TPE) in a study named 'test'."""
+    return sweep_overrides(root, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test", *extra)
+
+
+def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """cnnsweep's sweeper with Optuna's grid sampler over the command line's sweeps."""
+    return sweep_overrides(
+        root,
+        sweep_dir,
+        "hydra/sweeper=cnnsweep",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.study_name=test",
+        "objective=val_acc",
+        *extra,
+    )
+
+
+def train_py(*args: str, wait: bool = True):
+    command = [sys.executable, str(REPO / "train.py"), *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "trials.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def load_study(sweep_dir: Path, name: str = "test") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rows = read_trials(sweep_dir)
+    assert [row["number"] for row in rows] == ["0", "1", "2"]
+    assert {row["state"] for row in rows} == {"COMPLETE"}
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert Path(row["run_dir"]) == sweep_dir / row["number"]
+        assert summary["objective"] == "val_acc" and float(row["value"]) == summary["objective_value"]
+        assert float(row["test_acc"]) == summary["final_test_acc"]
+        assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1" and float(row["duration_s"]) > 0
+        assert 0.005 <= float(row["optimizer.lr"]) <= 0.2 and 0.0 <= float(row["model.dropout"]) <= 0.2
+        config = yaml.safe_load((Path(row["run_dir"]) / ".hydra" / "config.yaml").read_text())
+        assert config["optimizer"]["lr"] == pytest.approx(float(row["optimizer.lr"]))
+        assert "hydra.sweeper.trial" not in (Path(row["run_dir"]) / ".hydra" / "overrides.yaml").read_text()
+
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    top = max(rows, key=lambda row: float(row["value"]))
+    assert best["best_trial"] == int(top["number"]) and best["best_value"] == float(top["value"])
+    assert best["n_trials_by_state"] == {"COMPLETE": 3}
+    assert best["best_command"].startswith("python train.py ")
+    assert f"optimizer.lr={best['best_params']['optimizer.lr']}" in best["best_command"]
+    assert "hparams_search=lr_gamma_dropout" in best["best_overrides"]
+
+    study = load_study(sweep_dir)
+    assert [t.intermediate_values for t in study.trials] == [{1: float(row["value"])} for row in rows]
+
+
+def test_over_budget_trials_are_pruned_fast_and_never_best(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *grid_study_overrides(tiny_mnist, sweep_dir, "model.widths.6=choice(16,400)"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["model.widths.6"]: row for row in read_trials(sweep_dir)}
+    assert set(rows) == {"16", "400"}
+    over = rows["400"]
+    assert over["state"] == "PRUNED" and over["value"] == "" and int(over["n_params"]) > 20_000
+    assert "over the budget of 20,000" in over["reason"] and float(over["duration_s"]) < 2.0
+    assert not (sweep_dir / over["number"] / "metrics.csv").exists()
+    assert rows["16"]["state"] == "COMPLETE"
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_trial"] == int(rows["16"]["number"])
+
+
+def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # ThresholdPruner(lower=1.1) prunes any accuracy after the first epoch: a forced prune.
+    result = train_py(
+        *optuna_overrides(
+            tiny_mnist,
+            sweep_dir,
+            "hydra.sweeper.n_trials=2",
+            "trainer.epochs=3",
+            "hydra/sweeper/pruner=threshold",
+            "hydra.sweeper.pruner.lower=1.1",
+        )
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in read_trials(sweep_dir):
+        assert row["state"] == "PRUNED" and row["epochs_run"] == "1"
+        assert row["reason"].startswith("pruned after epoch 1")
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == "pruned"
+    assert {t.state for t in load_study(sweep_dir).trials} == {optuna.trial.TrialState.PRUNED}
+
+
+def test_a_diverging_trial_fails_without_stopping_the_sweep(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    grid = ("optimizer.lr=choice(0.02,1e9)", "seed=choice(0,1)", "hydra.sweeper.max_failure_rate=0.5")
+    result = train_py(*grid_study_overrides(tiny_mnist, sweep_dir, *grid))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_trials(sweep_dir)
+    assert len(rows) == 4
+    failed = [row for row in rows if row["state"] == "FAIL"]
+    assert {row["optimizer.lr"] for row in failed} == {"1000000000.0"} and len(failed) == 2
+    assert all("Diverged: training diverged: loss" in row["reason"] for row in failed)
+    assert {row["state"] for row in rows if row["optimizer.lr"] == "0.02"} == {"COMPLETE"}
+
+
+def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "optimizer.lr=1e9", "hydra.sweeper.n_trials=4"))
+    assert result.returncode != 0
+    assert "SweepAborted" in result.stderr + result.stdout
+    assert "2 trials failed, more than max_failure_rate=0.25 of n_trials=4" in result.stderr + result.stdout
+    assert [row["state"] for row in read_trials(sweep_dir)] == ["FAIL", "FAIL"]
+
+
+def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    first = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = read_trials(sweep_dir)
+    again = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = read_trials(sweep_dir)
+    assert [row["number"] for row in after] == ["0", "1", "2"]
+    assert after[:2] == before
+    done = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
+    assert done.returncode == 0 and len(load_study(sweep_dir).trials) == 3  # nothing left to do
+
+
+def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=40")
+    worker = train_py(*args, wait=False)
+    try:
+        metrics = sweep_dir / "0" / "metrics.csv"
+        deadline = time.time() + 120
+        while not metrics.exists() and time.time() < deadline:  # trial 0 is training
+            time.sleep(0.2)
+        assert metrics.exists(), "trial 0 never started"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed = load_study(sweep_dir).trials
+    assert [t.state.name for t in killed] == ["RUNNING"]
+
+    resumed = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = load_study(sweep_dir).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].params == killed[0].params  # the lost trial's parameters, tried again
+    rows = read_trials(sweep_dir)
+    assert rows[0]["reason"].startswith("interrupted: worker") and rows[0]["state"] == "FAIL"
+
+
+def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=5")
+    workers = [train_py(*args, wait=False) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    counted = [t for t in load_study(sweep_dir).trials if not t.user_attrs.get("surplus")]
+    assert len(counted) == 5 and {t.state.name for t in counted} == {"COMPLETE"}
+    assert len({t.number for t in counted}) == 5
+    owners = {t.system_attrs["cnnsweep:owner"] for t in counted}
+    assert len(owners) == 2, "both workers ran trials"
+    assert len(read_trials(sweep_dir)) == 5
+
+
+def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "grid"
+    result = train_py(*sweep_overrides(tiny_mnist, sweep_dir, "model.dropout=0.0,0.1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_trials(sweep_dir)
+    assert [(row["number"], row["model.dropout"], row["state"]) for row in rows] == [
+        ("0", "0.0", "COMPLETE"),
+        ("1", "0.1", "COMPLETE"),
+    ]
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert float(row["value"]) == summary["objective_value"] and int(row["n_params"]) == 18_970
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["name"] == "grid" and best["best_trial"] in (0, 1)

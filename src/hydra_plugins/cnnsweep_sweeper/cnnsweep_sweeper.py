@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig
 class MedianPrunerConf:
     _target_: str = "optuna.pruners.MedianPruner"
     n_startup_trials: int = 4  # trials that run to the end before any is pruned
-    n_warmup_steps: int = 1  # epochs every trial runs before it may be pruned
+    n_warmup_steps: int = 1  # steps are epochs, numbered from 1: 1 = prunable from the first epoch on
     interval_steps: int = 1
     n_min_trials: int = 1
 

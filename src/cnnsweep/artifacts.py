@@ -4,6 +4,7 @@
 <run>/summary.json            what the run was and how it ended (rewritten after every epoch)
 <run>/checkpoints/last.pt     state after the latest epoch
 <run>/checkpoints/best.pt     state at the best epoch by the run's objective
+<run>/.hydra/                 Hydra's record: config.yaml, overrides.yaml, hydra.yaml
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -68,6 +70,23 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file, with numbers as int or float and empty cells as None."""
+    with open(path, newline="") as file:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+def _number(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
 class RunFolder:
     """The artifacts of one run, in the folder Hydra made for it."""
 
@@ -76,6 +95,26 @@ class RunFolder:
         self.metrics = self.path / METRICS_FILE
         self.summary = self.path / SUMMARY_FILE
         self.checkpoints = self.path / CHECKPOINT_DIR
+        self.hydra = self.path / ".hydra"
+
+    def is_run(self) -> bool:
+        return self.hydra.is_dir() or self.summary.is_file()
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return read_json(self.summary) if self.summary.is_file() else None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_csv(self.metrics) if self.metrics.is_file() else []
+
+    def read_overrides(self) -> list[str]:
+        """The task overrides the run was started with (Hydra's .hydra/overrides.yaml)."""
+        path = self.hydra / "overrides.yaml"
+        return [str(item) for item in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The run's composed config (.hydra/config.yaml), interpolations unresolved."""
+        path = self.hydra / "config.yaml"
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         write_csv(self.metrics, history)

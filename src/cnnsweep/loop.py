@@ -104,19 +104,22 @@ def _check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
 
 
 @torch.inference_mode()
+def predict(
+    model: nn.Module, split: Split, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Log-probabilities (N x classes) of `model` in eval mode for every image of `split`."""
+    model.eval()
+    return torch.cat([model(prepare(batch.images)) for batch in ordered_batches(split, batch_size)])
+
+
 def evaluate(
     model: nn.Module, split: Split, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[float, float]:
     """Mean NLL loss and accuracy of `model` on `split`."""
-    model.eval()
-    device = split.labels.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for batch in ordered_batches(split, batch_size):
-        log_probs = model(prepare(batch.images))
-        loss_sum += F.nll_loss(log_probs, batch.labels, reduction="sum")
-        correct += (log_probs.argmax(1) == batch.labels).sum()
-    return loss_sum.item() / len(split), correct.item() / len(split)
+    log_probs = predict(model, split, batch_size, prepare)
+    loss = F.nll_loss(log_probs, split.labels)
+    correct = (log_probs.argmax(1) == split.labels).sum()
+    return loss.item(), correct.item() / len(split)
 
 
 class Trainer:

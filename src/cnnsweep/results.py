@@ -17,13 +17,16 @@ import yaml
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.artifacts import SUMMARY_FILE, read_json, write_csv, write_text
+from cnnsweep.artifacts import RunFolder, write_csv, write_text
+from cnnsweep.study import SURPLUS
 
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "optimization_results.yaml"
 FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir", "reason")
+OVERRIDES = "overrides"  # trial user attr: the task overrides the trial's job ran with
 STATE_OF_STATUS = {  # summary.json status -> the Optuna state name used in the table
     "completed": "COMPLETE",
     "running": "RUNNING",
@@ -97,19 +100,33 @@ def write_results(
     return best
 
 
+def study_rows(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+    """Rows (and task overrides) of an Optuna study's trials, leaving out never-run surplus trials."""
+    rows, overrides = [], {}
+    for trial in trials:
+        if trial.user_attrs.get(SURPLUS):
+            continue
+        facts = dict(trial.user_attrs)
+        if trial.datetime_start and trial.datetime_complete:
+            facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        rows.append(table_row(trial.number, trial.state.name, value, dict(trial.params), facts))
+        overrides[trial.number] = list(trial.user_attrs.get(OVERRIDES, []))
+    return rows, overrides
+
+
 def folder_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
     """Rows (and task overrides) of the numbered job folders of a Hydra sweep."""
     rows, overrides = [], {}
     for run_dir in sorted(sweep_dir.iterdir()):
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        if not (run_dir.name.isdigit() and overrides_file.is_file()):
+        folder = RunFolder(run_dir)
+        if not (run_dir.name.isdigit() and folder.hydra.is_dir()):
             continue
         number = int(run_dir.name)
-        overrides[number] = list(OmegaConf.load(overrides_file))
+        overrides[number] = folder.read_overrides()
         params = dict(override.split("=", 1) for override in overrides[number] if "=" in override)
-        summary_file = run_dir / SUMMARY_FILE
-        if summary_file.is_file():
-            summary = read_json(summary_file)
+        summary = folder.read_summary()
+        if summary is not None:
             state, value = STATE_OF_STATUS.get(summary["status"], "FAIL"), summary.get("objective_value")
             facts = facts_from_summary(summary, run_dir)
         else:

@@ -24,14 +24,13 @@ import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
 from cnnsweep.model import OverBudget
-from cnnsweep.results import facts_from_summary, table_row, write_results
+from cnnsweep.results import OVERRIDES, facts_from_summary, study_rows, write_results
 from cnnsweep.study import (
     REASON,
-    SURPLUS,
     claim,
     heartbeats,
     n_counted,
@@ -40,7 +39,6 @@ from cnnsweep.study import (
 )
 
 log = logging.getLogger(__name__)
-OVERRIDES = "overrides"  # user attr: the task overrides the trial's job ran with
 
 
 class SweepAborted(RuntimeError):
@@ -178,18 +176,8 @@ class StudySweeper(OptunaSweeperImpl):
         return {key: item for key, item in facts.items() if item is not None}
 
     def _write_results(self, storage: optuna.storages.RDBStorage, study_id: int, sweep_dir: Path) -> None:
-        trials = [t for t in storage.get_all_trials(study_id) if not t.user_attrs.get(SURPLUS)]
-        rows = [_trial_row(trial) for trial in trials]
-        overrides = {trial.number: trial.user_attrs.get(OVERRIDES, []) for trial in trials}
+        rows, overrides = study_rows(storage.get_all_trials(study_id))
         header = {"name": "optuna", "study_name": self.study_name, "storage": self.storage}
         best = write_results(sweep_dir, rows, overrides, self._get_directions()[0], header)
         if best is not None:
             log.info(f"best so far: trial {best['number']}, value {best['value']}")
-
-
-def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    facts = dict(trial.user_attrs)
-    if trial.datetime_start and trial.datetime_complete:
-        facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
-    value = trial.value if trial.state == TrialState.COMPLETE else None
-    return table_row(trial.number, trial.state.name, value, dict(trial.params), facts)

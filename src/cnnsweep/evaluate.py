@@ -1,0 +1,142 @@
+"""Evaluate a run's checkpoint on the test set: `python -m cnnsweep.evaluate RUN_FOLDER|CHECKPOINT`.
+
+Rebuilds the model from the run's saved config (.hydra/config.yaml; for a bare checkpoint file, the
+config stored in it), loads the checkpoint (best.pt unless told otherwise) and reports test loss and
+accuracy, per-class accuracy and the accuracy recorded at training time. Writes into
+<run>/evaluation/: evaluation.json, confusion_matrix.png and misclassified.png (a grid of wrongly
+classified test digits with their true and predicted labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
+from cnnsweep.artifacts import RunFolder, write_json
+from cnnsweep.data import to_unit
+from cnnsweep.errors import UserError
+from cnnsweep.loop import predict, resolve_device
+
+EVALUATION_DIR = "evaluation"
+
+
+def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
+    """The run folder and checkpoint file meant by a run folder or a checkpoint path."""
+    if not target.exists():
+        raise UserError(f"{target} does not exist; give a run folder or a checkpoint file (.pt)")
+    if target.is_file():
+        folder = RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent)
+        return folder, target
+    folder = RunFolder(target)
+    if not folder.is_run():
+        raise UserError(f"{target} is not a run folder (no .hydra/ or summary.json in it)")
+    checkpoint = folder.checkpoints / f"{which}.pt"
+    if not checkpoint.is_file():
+        status = (folder.read_summary() or {}).get("status", "no summary.json")
+        raise UserError(
+            f"{checkpoint} does not exist (run status: {status}): the run was stopped before its first "
+            "epoch ended, so it has no checkpoint"
+        )
+    return folder, checkpoint
+
+
+def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) -> torch.nn.Module:
+    """The model the config describes, with the checkpoint's weights; refuses a mismatch."""
+    model = instantiate(config["model"], _convert_="all")
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
+        raise UserError(f"the checkpoint does not match the model in {source}: {details}") from error
+    return model
+
+
+def evaluate_checkpoint(
+    target: Path, which: str = "best", data_root: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Evaluate and write the evaluation files; returns what evaluation.json holds."""
+    folder, checkpoint_path = locate(target, which)
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{checkpoint_path} is not a readable checkpoint: {error}") from error
+    saved = folder.read_config()
+    config_source = str(folder.hydra / "config.yaml") if saved else f"the config stored in {checkpoint_path}"
+    config = OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True)
+    model = load_model(checkpoint, config, config_source)
+
+    if data_root is not None:
+        config["data"]["root"] = data_root
+    config["data"]["val_size"] = 0  # only the test set is read
+    data = instantiate(config["data"])
+    run_device = resolve_device(device)
+    test = data.load(run_device).test
+    model.to(run_device)
+    log_probs = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
+    predicted = log_probs.argmax(1)
+    results = summarize_predictions(log_probs, test.labels)
+    results |= {
+        "checkpoint": str(checkpoint_path),
+        "epoch": checkpoint.get("epoch"),
+        "recorded_test_acc": (checkpoint.get("metrics") or {}).get("test_acc"),
+        "config": config_source,
+    }
+    out = folder.path / EVALUATION_DIR
+    write_json(out / "evaluation.json", results)
+    from cnnsweep import plots
+
+    plots.confusion_matrix(results["confusion_matrix"], out / "confusion_matrix.png")
+    wrong = (predicted != test.labels).nonzero().flatten()[:64].cpu()
+    plots.digit_grid(
+        test.images[wrong].cpu(), test.labels[wrong].cpu(), predicted[wrong].cpu(), out / "misclassified.png"
+    )
+    results["files"] = [str(out / name) for name in ("evaluation.json", "confusion_matrix.png", "misclassified.png")]
+    return results
+
+
+def summarize_predictions(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    predicted = log_probs.argmax(1)
+    n_classes = log_probs.shape[1]
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    confusion.index_put_((labels.cpu(), predicted.cpu()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+    return {
+        "n_images": len(labels),
+        "test_loss": torch.nn.functional.nll_loss(log_probs, labels).item(),
+        "test_acc": (predicted == labels).double().mean().item(),
+        "per_class_acc": {str(digit): accuracy for digit, accuracy in enumerate(per_class)},
+        "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted class
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnsweep.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("target", type=Path, help="a run folder, or a checkpoint file (.pt)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw (default: the run's data.root)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_checkpoint(args.target, args.checkpoint, args.data_root, args.device)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    recorded = results["recorded_test_acc"]
+    print(f"checkpoint {results['checkpoint']} (epoch {results['epoch']}), {results['n_images']:,} test images")
+    print(f"test loss {results['test_loss']:.4f}, test accuracy {100 * results['test_acc']:.2f}%", end="")
+    print(f" (recorded at training: {100 * recorded:.2f}%)" if recorded is not None else "")
+    print("per-class accuracy: " + "  ".join(f"{d}: {100 * a:.2f}%" for d, a in results["per_class_acc"].items()))
+    print("wrote " + ", ".join(results["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""PNG plots of runs and sweeps, drawn headless (matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import optuna  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cnnsweep.artifacts import write_atomically  # noqa: E402
+
+SPLIT_STYLE = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    write_atomically(path, lambda file: file.write(buffer.getvalue()))
+    return path
+
+
+def learning_curves(metrics: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """Loss and accuracy per epoch, train against validation and test."""
+    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in metrics]
+    for split, color in SPLIT_STYLE.items():
+        if metrics[0].get(f"{split}_loss") is None:
+            continue
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in metrics], "o-", color=color, label=split, ms=3)
+        acc_axes.plot(epochs, [100 * row[f"{split}_acc"] for row in metrics], "o-", color=color, label=split, ms=3)
+    loss_axes.set(xlabel="epoch", ylabel="NLL loss", yscale="log", title="loss")
+    acc_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def accuracy_vs_params(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Each finished trial's objective and test accuracy against its parameter count."""
+    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get("n_params")]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    n_params = [row["n_params"] for row in complete]
+    axes.scatter(n_params, [100 * row["value"] for row in complete], label="objective", color="tab:orange")
+    tested = [row for row in complete if row.get("test_acc") is not None]
+    axes.scatter(
+        [row["n_params"] for row in tested],
+        [100 * row["test_acc"] for row in tested],
+        label="test_acc",
+        color="tab:green",
+        marker="x",
+    )
+    axes.set(xlabel="trainable parameters", ylabel="accuracy (%)", title="accuracy against model size")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's own matplotlib plots of a study, where they apply to it."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {
+        "optimization_history.png": optuna_plots.plot_optimization_history,
+        "intermediate_values.png": optuna_plots.plot_intermediate_values,
+        "slice.png": optuna_plots.plot_slice,
+        "param_importances.png": param_importances,
+    }
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    varied = {name for trial in complete for name in trial.params}
+    written = []
+    for name, plot in plots.items():
+        if name == "intermediate_values.png" and not any(t.intermediate_values for t in study.trials):
+            continue
+        if name == "param_importances.png" and (len(complete) < 2 or len(varied) < 2):
+            continue  # importances need at least two finished trials and two parameters
+        if name == "slice.png" and not varied:
+            continue
+        # optuna's plots switch matplotlib to its ggplot style: keep that inside each plot
+        with warnings.catch_warnings(), matplotlib.rc_context():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            axes = plot(study)
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        written.append(save_figure(first.figure, folder / name))
+    return written
+
+
+def param_importances(study: optuna.Study) -> Any:
+    """Bar chart of each parameter's importance for the objective (sums to 1).
+
+    Drawn here because optuna 2.10's own version calls matplotlib.cm.get_cmap, removed in
+    matplotlib 3.9, and its default fANOVA evaluator breaks on scikit-learn >= 1.4's tree arrays;
+    mean decrease in impurity (a random forest's feature importances) works.
+    """
+    from optuna.importance import MeanDecreaseImpurityImportanceEvaluator, get_param_importances
+
+    importances = get_param_importances(study, evaluator=MeanDecreaseImpurityImportanceEvaluator())
+    names = list(importances)[::-1]
+    figure, axes = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    axes.barh(names, [importances[name] for name in names], color="tab:blue")
+    axes.set(xlabel="importance for the objective (mean decrease in impurity)", title="parameter importances")
+    axes.grid(axis="x", alpha=0.3)
+    return axes
+
+
+def confusion_matrix(counts: Sequence[Sequence[int]], path: Path) -> Path:
+    """Counts of (true, predicted) class pairs, with the counts written in the cells."""
+    n = len(counts)
+    figure, axes = plt.subplots(figsize=(6.5, 5.5))
+    image = axes.imshow(counts, cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=1, vmax=max(map(max, counts)) or 1))
+    for true in range(n):
+        for guess in range(n):
+            if counts[true][guess]:
+                color = "white" if true == guess else "black"
+                axes.text(guess, true, str(counts[true][guess]), ha="center", va="center", fontsize=7, color=color)
+    axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    figure.colorbar(image, ax=axes, label="images")
+    return save_figure(figure, path)
+
+
+def digit_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: int = 8) -> Path:
+    """Images (uint8, N x 1 x H x W) in a grid, each titled 'true -> predicted'."""
+    n = max(len(images), 1)
+    rows = -(-n // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.35), squeeze=False)
+    for index, cell in enumerate(axes.flat):
+        cell.axis("off")
+        if index < len(images):
+            cell.imshow(images[index][0], cmap="gray_r")
+            cell.set_title(f"{int(labels[index])} → {int(predicted[index])}", fontsize=8, color="tab:red")
+    figure.suptitle(f"misclassified test digits (true → predicted), first {len(images)}", fontsize=10)
+    return save_figure(figure, path)

@@ -1,0 +1,262 @@
+"""Tables and plots of finished work: `python -m cnnsweep.report PATH`.
+
+PATH is a run folder, a sweep folder, or any tree of them (outputs/, multirun/). The command prints
+one table of every run found (objective, test accuracy, parameters, epochs, duration, state and
+the overrides that tell the runs apart, best first) and, for each sweep, its trials by state and
+its best trial. It writes PNGs beside the data: learning_curves.png in each run folder; for each
+sweep, Optuna's plots (optimisation history, intermediate values, objective against each
+parameter, parameter importances) and accuracy against parameter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from cnnsweep.artifacts import RunFolder, read_csv
+from cnnsweep.errors import UserError
+from cnnsweep.results import BEST_FILE, FACTS, TRIALS_FILE, best_row, direction_of, folder_rows, study_rows
+
+COLUMNS = ("run", "state", "objective", "value", "test_acc", "n_params", "epochs", "duration_s", "overrides")
+
+
+def find_runs(root: Path) -> list[RunFolder]:
+    """Every run folder at or below root (a run's own subfolders are not searched)."""
+    runs = []
+    for directory, subdirectories, _ in os.walk(root):
+        folder = RunFolder(Path(directory))
+        if folder.is_run():
+            runs.append(folder)
+            subdirectories.clear()
+        else:
+            subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+    return runs
+
+
+def find_sweeps(root: Path) -> list[Path]:
+    """Every sweep folder (one holding Hydra's multirun.yaml) at or below root."""
+    return sorted(path.parent for path in root.rglob("multirun.yaml"))
+
+
+def run_row(folder: RunFolder) -> dict[str, Any]:
+    summary = folder.read_summary() or {}
+    epochs = f"{summary['epochs_run']}/{summary['epochs']}" if "epochs" in summary else None
+    return {
+        "run": str(folder.path),
+        "state": summary.get("status", "no summary.json"),
+        "objective": summary.get("objective"),
+        "value": summary.get("objective_value"),
+        "test_acc": summary.get("final_test_acc"),
+        "n_params": summary.get("n_params"),
+        "epochs": epochs,
+        "duration_s": round(summary["wall_time_s"], 1) if "wall_time_s" in summary else None,
+        "overrides": folder.read_overrides(),
+    }
+
+
+def mark_distinguishing(rows: list[dict[str, Any]]) -> None:
+    """Keep in each row only the overrides whose value is not the same in every run."""
+    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"]) for row in rows]
+    keys = {key for overrides in parsed for key in overrides}
+    varying = sorted(key for key in keys if len({overrides.get(key) for overrides in parsed}) > 1)
+    for row, overrides in zip(rows, parsed, strict=True):
+        row["overrides"] = " ".join(f"{key}={overrides[key]}" for key in varying if key in overrides)
+
+
+def sort_best_first(rows: list[dict[str, Any]]) -> None:
+    """Finished runs by objective (best first, by each objective's direction), then the rest."""
+
+    def key(row: dict[str, Any]) -> tuple[int, float]:
+        if row["state"] != "completed" or row["value"] is None:
+            return (1, 0.0)
+        sign = -1 if direction_of(row["objective"]) == "maximize" else 1
+        return (0, sign * row["value"])
+
+    rows.sort(key=key)
+    for index, row in enumerate(rows):
+        row["best"] = index == 0 and row["state"] == "completed"
+
+
+def sweep_report(sweep_dir: Path) -> dict[str, Any]:
+    """A sweep's trial rows, counts by state, best row and (if it has one) its Optuna study."""
+    settings = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()).get("hydra", {}).get("sweeper", {})
+    study_name, direction = settings.get("study_name"), settings.get("direction", "maximize")
+    study = None
+    if study_name and (sweep_dir / "optuna.db").is_file():
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+        rows, _ = study_rows(study.trials)
+    elif study_name and (sweep_dir / TRIALS_FILE).is_file():  # a study in a remote database
+        rows = read_csv(sweep_dir / TRIALS_FILE)
+    else:
+        rows, _ = folder_rows(sweep_dir)
+        objectives = {(RunFolder(Path(row["run_dir"])).read_summary() or {}).get("objective") for row in rows}
+        direction = direction_of(objectives.pop() if len(objectives) == 1 else "auto")
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    return {
+        "sweep": str(sweep_dir),
+        "study_name": study_name,
+        "direction": direction,
+        "n_trials": len(rows),
+        "trials_by_state": states,
+        "best": best_row(rows, direction),
+        "rows": rows,
+        "study": study if study is not None else rows_study(rows, direction),
+    }
+
+
+def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study | None:
+    """An in-memory Optuna study of finished trial rows, so grid sweeps get Optuna's plots too."""
+    from optuna.distributions import CategoricalDistribution, IntUniformDistribution, UniformDistribution
+
+    finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+    names = sorted({key for row in finished for key in row if key not in ("number", "state", "value", *FACTS)})
+    values = {name: [_value(row.get(name)) for row in finished] for name in names}
+    distributions = {}
+    for name, seen in values.items():
+        numbers = [v for v in seen if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(seen) and len(set(numbers)) > 1:
+            low, high = min(numbers), max(numbers)
+            is_int = all(isinstance(v, int) for v in numbers)
+            distributions[name] = IntUniformDistribution(low, high) if is_int else UniformDistribution(low, high)
+        else:
+            distributions[name] = CategoricalDistribution(sorted(set(seen), key=str))
+    study = optuna.create_study(direction=direction)
+    for index, row in enumerate(finished):
+        params = {name: values[name][index] for name in names}
+        state = optuna.trial.TrialState[row["state"]]
+        value = row["value"] if state == optuna.trial.TrialState.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value, state=state))
+    return study if finished else None
+
+
+def _value(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> list[Path]:
+    from cnnsweep import plots
+
+    written = []
+    for folder in runs:
+        metrics = folder.read_metrics()
+        if metrics:
+            written.append(plots.learning_curves(metrics, str(folder.path), folder.path / "learning_curves.png"))
+    for sweep in sweeps:
+        sweep_dir = Path(sweep["sweep"])
+        if sweep["study"] is not None:
+            written += plots.study_plots(sweep["study"], sweep_dir)
+        if any(row["state"] == "COMPLETE" and row.get("n_params") for row in sweep["rows"]):
+            written.append(plots.accuracy_vs_params(sweep["rows"], sweep_dir / "accuracy_vs_params.png"))
+    return written
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    cells = [["", *COLUMNS]]
+    for row in rows:
+        cells.append(["*" if row.get("best") else "", *(_cell(column, row.get(column)) for column in COLUMNS)])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells
+    )
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column in ("value", "test_acc") and isinstance(value, float):
+        return f"{value:.4f}"
+    if column == "n_params":
+        return f"{value:,}"
+    return str(value)
+
+
+def format_sweep(sweep: dict[str, Any]) -> str:
+    states = ", ".join(f"{state} {count}" for state, count in sorted(sweep["trials_by_state"].items()))
+    kind = f"Optuna study {sweep['study_name']!r}" if sweep["study_name"] else "grid sweep"
+    lines = [f"sweep {sweep['sweep']} ({kind}, {sweep['direction']}): {sweep['n_trials']} trials: {states}"]
+    best = sweep["best"]
+    if best is not None:
+        test_acc = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "-"
+        lines.append(
+            f"  best: trial {best['number']}, value {best['value']:.4f}, test_acc {test_acc}, "
+            f"{best.get('n_params') or 0:,} params, {best.get('run_dir')}"
+        )
+    best_file = Path(sweep["sweep"]) / BEST_FILE
+    if best_file.is_file() and (command := yaml.safe_load(best_file.read_text()).get("best_command")):
+        lines.append(f"  rerun: {command}")
+    return "\n".join(lines)
+
+
+def build(root: Path) -> tuple[list[RunFolder], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Runs, their table rows (best first) and sweep reports under root; refuses an empty or unfinished PATH."""
+    if not root.exists():
+        raise UserError(f"{root} does not exist; give a run folder, a sweep folder, or outputs/ or multirun/")
+    runs = find_runs(root)
+    sweeps = [sweep_report(path) for path in find_sweeps(root)]
+    if not runs and not sweeps:
+        raise UserError(
+            f"no runs under {root}: a run folder holds .hydra/ and summary.json (python train.py writes them "
+            "under outputs/ or multirun/)"
+        )
+    if len(runs) == 1 and runs[0].path == root and not runs[0].read_metrics():
+        status = (runs[0].read_summary() or {}).get("status", "no summary.json")
+        raise UserError(
+            f"{root} has no finished epoch (status: {status}, no metrics.csv): the run was stopped before its "
+            "first epoch ended, or is still starting"
+        )
+    rows = [run_row(folder) for folder in runs]
+    mark_distinguishing(rows)
+    sort_best_first(rows)
+    return runs, rows, sweeps
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnsweep.report", description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="a run folder, a sweep folder, or outputs/ or multirun/")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--no-plots", action="store_true", help="print only; write no PNG files")
+    args = parser.parse_args(argv)
+    try:
+        runs, rows, sweeps = build(args.path)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    plots = [] if args.no_plots else write_plots(runs, sweeps)
+    sweep_info = [{k: v for k, v in sweep.items() if k not in ("rows", "study")} for sweep in sweeps]
+    if args.format == "json":
+        print(json.dumps({"runs": rows, "sweeps": sweep_info, "plots": [str(p) for p in plots]}, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=["best", *COLUMNS], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print(format_table(rows))
+        for sweep in sweeps:
+            print()
+            print(format_sweep(sweep))
+        if plots:
+            print(f"\n{len(plots)} plots written:")
+            print("\n".join(f"  {path}" for path in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

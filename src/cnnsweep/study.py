@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +88,9 @@ def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
         except RuntimeError:  # finished meanwhile (by its worker, or failed by another)
             continue
         if failed_here:
-            study.enqueue_trial(trial.params)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.enqueue_trial(trial.params)
             requeued.append(trial.number)
     return requeued
 

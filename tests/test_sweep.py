@@ -167,6 +167,8 @@ def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
     after = read_trials(sweep_dir)
     assert [row["number"] for row in after] == ["0", "1", "2"]
     assert after[:2] == before
+    params = [tuple(row[k] for k in ("optimizer.lr", "scheduler.gamma", "model.dropout")) for row in after]
+    assert len(set(params)) == 3, "a resumed sweep must not repeat the trials it already ran"
     done = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
     assert done.returncode == 0 and len(load_study(sweep_dir).trials) == 3  # nothing left to do
 
@@ -205,6 +207,7 @@ def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path)
     counted = [t for t in load_study(sweep_dir).trials if not t.user_attrs.get("surplus")]
     assert len(counted) == 5 and {t.state.name for t in counted} == {"COMPLETE"}
     assert len({t.number for t in counted}) == 5
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 5, "workers must not draw the same trials"
     owners = {t.system_attrs["cnnsweep:owner"] for t in counted}
     assert len(owners) == 2, "both workers ran trials"
     assert len(read_trials(sweep_dir)) == 5

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
@@ -93,15 +94,12 @@ class StudySweeper(OptunaSweeperImpl):
                     trials.append(trial)
             if not trials:
                 break  # the remaining places are taken by other workers
-            overrides = self._configure_trials(trials, distributions, fixed_params)
-            overrides = [
-                (
-                    *trial_overrides,
-                    f"hydra.sweeper.trial={trial.number}",
-                    f"hydra.sweep.subdir={trial.number}",
-                )
-                for trial, trial_overrides in zip(trials, overrides, strict=True)
-            ]
+            overrides = []
+            for trial in trials:
+                reseed(self.sampler, self.seed, trial.number)
+                [trial_overrides] = self._configure_trials([trial], distributions, fixed_params)
+                per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
+                overrides.append((*trial_overrides, *per_job))
             with heartbeats(storage, [trial._trial_id for trial in trials]):
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
@@ -115,6 +113,11 @@ class StudySweeper(OptunaSweeperImpl):
                     f"of n_trials={self.n_trials}; see {sweep_dir / 'trials.csv'}"
                 )
         self._write_results(storage, study._study_id, sweep_dir)
+
+    @property
+    def seed(self) -> int | None:
+        """The sampler's configured seed (hydra.sweeper.sampler.seed), if any."""
+        return self.config.hydra.sweeper.sampler.get("seed")
 
     def _search_space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Distributions and fixed values from hydra.sweeper.params and the command line (as upstream)."""
@@ -181,3 +184,20 @@ class StudySweeper(OptunaSweeperImpl):
         best = write_results(sweep_dir, rows, overrides, self._get_directions()[0], header)
         if best is not None:
             log.info(f"best so far: trial {best['number']}, value {best['value']}")
+
+
+def reseed(sampler: optuna.samplers.BaseSampler, seed: int | None, number: int) -> None:
+    """Seed the sampler's random draws for trial `number` with seed + number.
+
+    A seeded sampler otherwise restarts its random sequence in every process: a resumed sweep
+    would repeat its first trials, and two workers started together would draw the same ones.
+    Seeding per trial number keeps a seeded sweep reproducible and its trials distinct.
+    """
+    if seed is None:
+        return
+    if hasattr(sampler, "_rng"):
+        sampler._rng = np.random.RandomState(seed + number)
+    for name in ("_random_sampler", "_independent_sampler"):
+        inner = getattr(sampler, name, None)
+        if isinstance(inner, optuna.samplers.BaseSampler):
+            reseed(inner, seed, number)

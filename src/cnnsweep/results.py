@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.artifacts import RunFolder, write_csv, write_text
-from cnnsweep.study import SURPLUS
+from cnnsweep.study import REQUEUED, SURPLUS
 
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "optimization_results.yaml"
@@ -107,7 +107,7 @@ def study_rows(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], dic
         if trial.user_attrs.get(SURPLUS):
             continue
         facts = dict(trial.user_attrs)
-        if trial.datetime_start and trial.datetime_complete:
+        if trial.datetime_start and trial.datetime_complete and not trial.user_attrs.get(REQUEUED):
             facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
         value = trial.value if trial.state == TrialState.COMPLETE else None
         rows.append(table_row(trial.number, trial.state.name, value, dict(trial.params), facts))

@@ -8,20 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import cnnsweep.schema  # noqa: F401  (registers the schemas)
+from cnnsweep.schema import CONF_DIR, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 REAL_MNIST_CANDIDATES = [os.environ.get("MNIST_ROOT"), str(REPO.parent / "shared" / "data")]
 
 
 def compose_train(overrides: list[str] | None = None) -> DictConfig:
     """The real conf/train.yaml with overrides, as `python train.py` composes it."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides or [], return_hydra_config=False)
+    return compose_config(overrides or [])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -7,6 +7,7 @@ the host except where the progress bar or the divergence check reads them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -58,42 +59,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batches: Iterable[Split],
-    total_batches: int,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    epoch: int,
-    progress: bool,
-) -> EpochRecord:
-    """One pass over `batches`, stepping optimizer and scheduler per batch. Returns train loss/acc."""
-    model.train()
-    device = next(model.parameters()).device
-    batch_losses = torch.zeros(total_batches, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+Step = Callable[[Split], tuple[torch.Tensor, torch.Tensor]]  # batch -> (summed loss, correct), on the device
+
+
+def train_epoch(step: Step, batches: Iterable[Split], total_batches: int, epoch: int, progress: bool) -> EpochRecord:
+    """Run `step` on every batch; returns the epoch's mean train loss and accuracy."""
+    batch_losses: torch.Tensor | None = None
+    correct = seen = 0
     bar = tqdm(total=total_batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for index, batch in enumerate(batches):
-        log_probs = model(prepare(batch.images))
-        loss = F.nll_loss(log_probs, batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        batch_losses[index] = loss.detach() * len(batch.labels)
-        correct += (log_probs.detach().argmax(1) == batch.labels).sum()
+        loss_sum, batch_correct = step(batch)
+        if batch_losses is None:
+            batch_losses = torch.zeros(total_batches, device=loss_sum.device)
+        batch_losses[index] = loss_sum
+        correct = correct + batch_correct
         seen += len(batch.labels)
         if (index + 1) % CHECK_EVERY == 0 or index + 1 == total_batches:
             _check_finite(batch_losses[: index + 1], epoch)
             bar.set_postfix(
                 loss=f"{batch_losses[index].item() / len(batch.labels):.4f}",
-                acc=f"{100 * correct.item() / seen:.2f}%",
+                acc=f"{100 * int(correct) / seen:.2f}%",
             )
         bar.update(1)
     bar.close()
-    return {"train_loss": batch_losses.sum().item() / seen, "train_acc": correct.item() / seen}
+    assert batch_losses is not None, "an epoch needs at least one batch"
+    return {"train_loss": batch_losses.sum().item() / seen, "train_acc": int(correct) / seen}
 
 
 def _check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
@@ -104,37 +94,120 @@ def _check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
 
 
 @torch.inference_mode()
-def predict(
-    model: nn.Module, split: Split, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def predict(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> torch.Tensor:
     """Log-probabilities (N x classes) of `model` in eval mode for every image of `split`."""
     model.eval()
     return torch.cat([model(prepare(batch.images)) for batch in ordered_batches(split, batch_size)])
 
 
-def evaluate(
-    model: nn.Module, split: Split, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
     """Mean NLL loss and accuracy of `model` on `split`."""
-    log_probs = predict(model, split, batch_size, prepare)
+    log_probs = predict(model, split, batch_size, prepare).float()
     loss = F.nll_loss(log_probs, split.labels)
     correct = (log_probs.argmax(1) == split.labels).sum()
     return loss.item(), correct.item() / len(split)
 
 
-class Trainer:
-    """Runs `epochs` epochs on `device` ('auto': cuda, then mps, then cpu)."""
+Prepare = Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> float model input
 
-    def __init__(self, epochs: int, device: str, progress: bool) -> None:
+
+def preparers(data: MNISTData, augmentation: Augmentation, generator: torch.Generator) -> tuple[Prepare, Prepare]:
+    """uint8 batches -> normalised float input: augmented for training, as they are for evaluation."""
+
+    def prepare_train(images: torch.Tensor) -> torch.Tensor:
+        return data.normalize(augmentation(to_unit(images), generator))
+
+    def prepare_eval(images: torch.Tensor) -> torch.Tensor:
+        return data.normalize(to_unit(images))
+
+    return prepare_train, prepare_eval
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Trainer:
+    """Runs `epochs` epochs on `device` ('auto': cuda, then mps, then cpu), as fast as configured.
+
+    channels_last: convolutions in NHWC memory layout. compile: torch.compile the model (its
+    warm-up is paid in the first steps). precision: autocast dtype for forward passes (fp32: none;
+    fp16 also scales the loss). threads: torch's intra-op CPU threads (None: torch's default).
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        device: str,
+        progress: bool,
+        channels_last: bool,
+        compile: bool,
+        precision: str,
+        threads: int | None,
+    ) -> None:
         if epochs <= 0:
             raise UserError(f"trainer.epochs={epochs} must be a positive integer")
+        if precision not in PRECISIONS:
+            raise UserError(f"trainer.precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        if threads is not None and threads <= 0:
+            raise UserError(f"trainer.threads={threads} must be a positive integer or null (torch's default)")
         self.epochs = epochs
         self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise UserError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32")
         self.progress = progress
+        self.channels_last = channels_last
+        self.compile = compile
+        self.precision = precision
+        self.threads = threads
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        """Apply threads, device and memory layout to `model`; returns the module to call (compiled or not)."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        model.to(self.device, memory_format=layout)
+        return torch.compile(model) if self.compile else model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def train_step(
+        self,
+        model: nn.Module,
+        forward: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        prepare: Prepare,
+    ) -> Step:
+        """One SGD step per call: forward (`forward`, maybe compiled), NLL loss, backward, optimizer and scheduler."""
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+        def step(batch: Split) -> tuple[torch.Tensor, torch.Tensor]:
+            model.train()
+            with self.autocast():
+                log_probs = forward(prepare(batch.images)).float()
+            loss = F.nll_loss(log_probs, batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            correct = (log_probs.detach().argmax(1) == batch.labels).sum()
+            return loss.detach() * len(batch.labels), correct
+
+        return step
+
+    def evaluate(self, forward: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
+        with self.autocast():
+            return evaluate(forward, split, batch_size, prepare)
 
     def fit(
         self,
         model: nn.Module,
+        forward: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         data: MNISTData,
@@ -143,14 +216,13 @@ class Trainer:
         generator: torch.Generator,
         on_epoch_end: Callable[[EpochRecord], None],
     ) -> list[EpochRecord]:
-        """Train for self.epochs epochs; after each, evaluate and hand the record to on_epoch_end."""
+        """Train for self.epochs epochs; after each, evaluate and hand the record to on_epoch_end.
 
-        def prepare_train(images: torch.Tensor) -> torch.Tensor:
-            return data.normalize(augmentation(to_unit(images), generator))
+        `forward` is what `setup(model)` returned (the model itself, or its compiled version).
+        """
 
-        def prepare_eval(images: torch.Tensor) -> torch.Tensor:
-            return data.normalize(to_unit(images))
-
+        prepare_train, prepare_eval = preparers(data, augmentation, generator)
+        step = self.train_step(model, forward, optimizer, scheduler, prepare_train)
         history = []
         steps = n_batches(len(splits.train), data.batch_size)
         for epoch in range(1, self.epochs + 1):
@@ -158,11 +230,12 @@ class Trainer:
             start = time.perf_counter()
             batches = shuffled_batches(splits.train, data.batch_size, generator)
             record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(model, optimizer, scheduler, batches, steps, prepare_train, epoch, self.progress)
+            record |= train_epoch(step, batches, steps, epoch, self.progress)
             train_seconds = time.perf_counter() - start
-            if splits.val is not None:
-                record["val_loss"], record["val_acc"] = evaluate(model, splits.val, data.eval_batch_size, prepare_eval)
-            record["test_loss"], record["test_acc"] = evaluate(model, splits.test, data.eval_batch_size, prepare_eval)
+            for name, split in (("val", splits.val), ("test", splits.test)):
+                if split is not None:
+                    loss, accuracy = self.evaluate(forward, split, data.eval_batch_size, prepare_eval)
+                    record[f"{name}_loss"], record[f"{name}_acc"] = loss, accuracy
             record["seconds"] = time.perf_counter() - start
             record["images_per_s"] = len(splits.train) / train_seconds
             history.append(record)

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import cnnsweep
 from cnnsweep.artifacts import RunFolder
-from cnnsweep.data import n_batches
+from cnnsweep.data import MNISTData, n_batches
 from cnnsweep.errors import UserError
-from cnnsweep.loop import EpochRecord
+from cnnsweep.loop import Augmentation, EpochRecord, Trainer
 from cnnsweep.model import check_budget, count_parameters
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,15 @@ def _fit(
     started: float,
     reporter: Reporter | None,
 ) -> None:
-    trainer = instantiate(cfg.trainer)
+    parts = build(cfg, model)
+    trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
     summary.update(device=str(trainer.device), device_name=device_name(trainer.device))
-    data = instantiate(cfg.data)
-    augmentation = instantiate(cfg.augmentation)
-    model.to(trainer.device)
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
     log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {objective}")
 
     splits = data.load(trainer.device)
     n_val = len(splits.val) if splits.val else 0
     log.info(f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}")
-    steps_per_epoch = n_batches(len(splits.train), data.batch_size)
-    scheduler = instantiate(cfg.scheduler)(optimizer, epochs=trainer.epochs, steps_per_epoch=steps_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -142,7 +139,35 @@ def _fit(
         if reporter is not None:
             reporter.report(record["epoch"], record[objective], last=record["epoch"] == trainer.epochs)
 
-    trainer.fit(model, optimizer, scheduler, data, splits, augmentation, generator, on_epoch_end)
+    trainer.fit(model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end)
+
+
+@dataclass
+class Parts:
+    """The objects a run is made of, built from its config; the data is not read yet."""
+
+    model: torch.nn.Module
+    forward: torch.nn.Module  # the model as the trainer calls it (compiled or not)
+    trainer: Trainer
+    data: MNISTData
+    augmentation: Augmentation
+    optimizer: torch.optim.Optimizer
+
+
+def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
+    """Instantiate trainer, data, augmentation and optimizer for `model` (already built from cfg.model)."""
+    trainer = instantiate(cfg.trainer)
+    data = instantiate(cfg.data)
+    augmentation = instantiate(cfg.augmentation)
+    forward = trainer.setup(model)  # before the optimizer, so its state lives where the parameters do
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    return Parts(model, forward, trainer, data, augmentation, optimizer)
+
+
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return instantiate(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
 
 def base_summary(cfg: DictConfig, objective: str, n_params: int) -> dict[str, Any]:

@@ -5,11 +5,16 @@ sgd`), so a misspelt key or a value of the wrong type is refused while the confi
 before any work starts. The schemas hold types only: every value lives in the YAML files.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
 
 # OmegaConf reads these annotations at runtime: use typing.Optional/List forms it understands.
 # ruff: noqa: UP006, UP007, UP045
@@ -107,6 +112,10 @@ class TrainerSchema:
     epochs: int = MISSING
     device: str = MISSING
     progress: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    precision: str = MISSING
+    threads: Optional[int] = MISSING
 
 
 @dataclass
@@ -145,6 +154,12 @@ def register() -> None:
     for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, as `python train.py` composes it (no Hydra run)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
 
 
 register()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
@@ -29,7 +31,7 @@ from optuna.trial import TrialState
 
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
 from cnnsweep.model import OverBudget
-from cnnsweep.results import OVERRIDES, facts_from_summary, study_rows, write_results
+from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, write_results
 from cnnsweep.study import (
     REASON,
     claim,
@@ -63,56 +65,79 @@ class StudySweeper(OptunaSweeperImpl):
         self.grace_period = grace_period
 
     def sweep(self, arguments: list[str]) -> None:
-        distributions, fixed_params = self._search_space(arguments)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+        self.distributions, self.fixed_params = self._search_space(arguments)
+        self.sweep_dir = Path(self.config.hydra.sweep.dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        self.rdb = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=storage,
+            storage=self.rdb,
             sampler=self.sampler,
             pruner=self.pruner,
             directions=self._get_directions(),
             load_if_exists=True,
         )
+        self.study_id = study._study_id
         log.info(f"study {study.study_name!r} in {self.storage}: {len(study.trials)} trials so far")
-        lost = requeue_lost_trials(study, storage)
+        lost = requeue_lost_trials(study, self.rdb)
         if lost:
             log.warning(f"trials {lost} were left RUNNING by a stopped worker: failed, parameters re-queued")
 
-        failures = 0
-        while True:
-            study = self._load(storage)  # a fresh view: optuna's cache never re-reads its own trials
-            to_go = self.n_trials - n_counted(storage.get_all_trials(study._study_id, deepcopy=False))
-            if to_go <= 0:
-                break
-            trials = []
-            for _ in range(min(self.n_jobs, to_go)):
-                trial = study.ask()
-                if claim(study, storage, trial, self.n_trials):
-                    trials.append(trial)
-            if not trials:
-                break  # the remaining places are taken by other workers
-            overrides = []
-            for trial in trials:
-                reseed(self.sampler, self.seed, trial.number)
-                [trial_overrides] = self._configure_trials([trial], distributions, fixed_params)
-                per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
-                overrides.append((*trial_overrides, *per_job))
-            with heartbeats(storage, [trial._trial_id for trial in trials]):
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
-            fresh = self._load(storage)
-            for trial, job in zip(trials, returns, strict=True):
-                failures += self._finish(fresh, trial.number, job) == TrialState.FAIL
-            self._write_results(storage, study._study_id, sweep_dir)
-            if failures > self.max_failure_rate * self.n_trials:
-                raise SweepAborted(
-                    f"{failures} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                    f"of n_trials={self.n_trials}; see {sweep_dir / 'trials.csv'}"
-                )
-        self._write_results(storage, study._study_id, sweep_dir)
+        self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
+        self.failures, self.stop, self.errors = 0, False, []
+        # Hydra's basic launcher runs jobs in this process, one at a time; other launchers (joblib,
+        # submitit) run each lane's trial elsewhere, so a new trial starts as soon as any one ends.
+        lanes = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs
+        threads = [threading.Thread(target=self._lane, name=f"cnnsweep-lane-{i}") for i in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self._write_results()
+        if self.errors:
+            raise self.errors[0]
+
+    def _lane(self) -> None:
+        """Run trials one after another until the study is full, the sweep aborts, or an error stops it."""
+        try:
+            while (trial_overrides := self._next_trial()) is not None:
+                trial, overrides = trial_overrides
+                with heartbeats(self.rdb, [trial._trial_id]):
+                    [job] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                with self.lock:
+                    state = self._finish(self._load(), trial.number, job)
+                    self.failures += state == TrialState.FAIL
+                    self._write_results()
+                    if self.failures > self.max_failure_rate * self.n_trials and not self.stop:
+                        self.stop = True
+                        self.errors.append(
+                            SweepAborted(
+                                f"{self.failures} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                                f"of n_trials={self.n_trials}; see {self.sweep_dir / TRIALS_FILE}"
+                            )
+                        )
+        except BaseException as error:
+            with self.lock:
+                self.stop = True
+                self.errors.append(error)
+
+    def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | None:
+        """Ask for and claim the next trial with its job overrides; None when there is nothing left to run."""
+        with self.lock:
+            if self.stop:
+                return None
+            study = self._load()  # a fresh view: optuna's cache never re-reads its own trials
+            if n_counted(self.rdb.get_all_trials(self.study_id, deepcopy=False)) >= self.n_trials:
+                return None
+            trial = study.ask()
+            if not claim(study, self.rdb, trial, self.n_trials):
+                return None  # the remaining places are taken by other workers
+            reseed(self.sampler, self.seed, trial.number)
+            [overrides] = self._configure_trials([trial], self.distributions, self.fixed_params)
+            trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
+            per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
+            return trial, (*overrides, *per_job)
 
     @property
     def seed(self) -> int | None:
@@ -136,8 +161,8 @@ class StudySweeper(OptunaSweeperImpl):
             distributions.pop(name, None)
         return distributions, fixed_params
 
-    def _load(self, storage: optuna.storages.RDBStorage) -> optuna.Study:
-        return optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.sampler, pruner=self.pruner)
+    def _load(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner)
 
     def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> TrialState:
         """Record the job's outcome on its trial; returns the state told."""
@@ -178,10 +203,10 @@ class StudySweeper(OptunaSweeperImpl):
                 facts["run_dir"] = str(run_dir)
         return {key: item for key, item in facts.items() if item is not None}
 
-    def _write_results(self, storage: optuna.storages.RDBStorage, study_id: int, sweep_dir: Path) -> None:
-        rows, overrides = study_rows(storage.get_all_trials(study_id))
+    def _write_results(self) -> None:
+        rows, overrides = study_rows(self.rdb.get_all_trials(self.study_id))
         header = {"name": "optuna", "study_name": self.study_name, "storage": self.storage}
-        best = write_results(sweep_dir, rows, overrides, self._get_directions()[0], header)
+        best = write_results(self.sweep_dir, rows, overrides, self._get_directions()[0], header)
         if best is not None:
             log.info(f"best so far: trial {best['number']}, value {best['value']}")
 

@@ -1,0 +1,37 @@
+"""`python -m cnnsweep.bench` measures every variant and prints comparable numbers."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "cnnsweep.bench", f"data.root={tiny_mnist}", "data.download=false",
+            "trainer.device=cpu", "--batches", "3", "--eval-batches", "1", "--rounds", "2", "--warmup", "1",
+            "--workers", "0", "--json", "--also", "nhwc=trainer.channels_last=true",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert list(rows) == ["classic", "cnnsweep", "compute", "nhwc"] and report["device"] == "cpu"
+    classic = rows["classic"]
+    for row in rows.values():
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+        low, high = row["train_range"]
+        assert low <= row["train_images_per_s"] <= high
+        assert row["train_vs_classic"] == pytest.approx(row["train_images_per_s"] / classic["train_images_per_s"])
+        assert row["epoch_s"] == pytest.approx(600 / row["train_images_per_s"] + 200 / row["eval_images_per_s"])
+    assert classic["train_vs_classic"] == pytest.approx(1.0)
+
+
+def test_bench_refuses_an_unknown_variant():
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnsweep.bench", "--variants", "classic,turbo"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "unknown variant(s) ['turbo']" in result.stderr

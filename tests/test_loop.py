@@ -1,0 +1,66 @@
+"""The trainer's speed options: each one trains, and bad values are refused."""
+
+import pytest
+import torch
+from test_model import SEED_LAYOUT, SEED_WIDTHS
+
+from cnnsweep.errors import UserError
+from cnnsweep.loop import Trainer
+from cnnsweep.model import ConvNet
+
+
+def trainer(**changes) -> Trainer:
+    settings = dict(
+        epochs=1, device="cpu", progress=False, channels_last=False, compile=False, precision="fp32", threads=None
+    )
+    return Trainer(**(settings | changes))
+
+
+def one_step(chosen: Trainer) -> tuple[torch.nn.Module, float]:
+    torch.manual_seed(0)
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)  # dropout masks follow memory layout
+    forward = chosen.setup(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    step = chosen.train_step(model, forward, optimizer, scheduler, lambda images: images)
+    images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    from cnnsweep.data import Split
+
+    loss_sum, correct = step(Split(images, torch.arange(16) % 10))
+    assert 0 <= int(correct) <= 16
+    return model, float(loss_sum) / 16
+
+
+def test_channels_last_and_bf16_steps_match_the_plain_step():
+    _, plain = one_step(trainer())
+    model, nhwc = one_step(trainer(channels_last=True))
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc == pytest.approx(plain, rel=1e-4)
+    _, bf16 = one_step(trainer(precision="bf16"))
+    assert bf16 == pytest.approx(plain, rel=0.05)
+
+
+def test_threads_are_applied_by_setup():
+    before = torch.get_num_threads()
+    try:
+        trainer(threads=1).setup(ConvNet(SEED_WIDTHS, SEED_LAYOUT))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": 0}, "trainer.epochs=0 must be a positive integer"),
+        ({"precision": "fp8"}, "trainer.precision='fp8' is unknown"),
+        ({"precision": "fp16"}, "trainer.precision=fp16 needs a CUDA device"),
+        ({"threads": 0}, "trainer.threads=0 must be a positive integer"),
+        ({"device": "cuda:7"}, "is not available on this machine"),
+    ],
+)
+def test_bad_trainer_settings_are_refused(changes, message):
+    if changes.get("device") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        trainer(**changes)

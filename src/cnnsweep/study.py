@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -25,6 +27,7 @@ REQUEUED = "requeued"  # user attr: this FAILed trial's parameters were queued a
 SURPLUS = "surplus"  # user attr: asked beyond n_trials by a racing worker, never run
 REASON = "reason"  # user attr: why the trial was pruned or failed
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's write lock on a SQLite study
+STORAGE_ATTEMPTS = 5  # tries to open a storage that other workers may be creating at the same moment
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
@@ -33,9 +36,18 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    return RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-    )
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            )
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Workers started together on a new database race to create its tables and stamp its
+            # schema version; the loser finds them made on the next attempt.
+            if attempt + 1 == STORAGE_ATTEMPTS:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def this_worker() -> str:

@@ -11,7 +11,14 @@ from cnnsweep.model import ConvNet
 
 def trainer(**changes) -> Trainer:
     settings = dict(
-        epochs=1, device="cpu", progress=False, channels_last=False, compile=False, precision="fp32", threads=None
+        epochs=1,
+        device="cpu",
+        progress=False,
+        channels_last=False,
+        eval_channels_last=None,
+        compile=False,
+        precision="fp32",
+        threads=None,
     )
     return Trainer(**(settings | changes))
 
@@ -64,3 +71,14 @@ def test_bad_trainer_settings_are_refused(changes, message):
         pytest.skip("this machine has a cuda:7")
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         trainer(**changes)
+
+
+def test_auto_settings_take_the_devices_defaults():
+    cpu = trainer(channels_last=None, precision="auto")
+    assert (cpu.channels_last, cpu.eval_channels_last, cpu.precision) == (False, True, "fp32")
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    evaluated = cpu.eval_model(model, cpu.setup(model))
+    assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.features[0].weight.is_contiguous()  # the trained model keeps its layout
+    plain = trainer(eval_channels_last=False)
+    assert plain.eval_model(model, model) is model

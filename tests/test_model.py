@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 
 from cnnsweep.errors import UserError
-from cnnsweep.model import ConvNet, check_budget, count_parameters
+from cnnsweep.model import ConvNet, Dropout, check_budget, count_parameters
 
 from conftest import compose_train
 
@@ -31,7 +31,7 @@ def test_seed_cnn_layers_match_the_recipe():
     assert all(c.bias is not None for c in convs)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 7
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 2
-    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
     assert len(dropouts) == 7 and all(d.p == 0.1 for d in dropouts)
     linear = model.head[-1]
     assert (linear.in_features, linear.out_features) == (120, 10)
@@ -73,3 +73,16 @@ def test_budget_check_names_count_and_budget():
     with pytest.raises(UserError) as error:
         check_budget(25_001, 20_000)
     assert "25,001 parameters" in str(error.value) and "20,000" in str(error.value)
+
+
+def test_dropout_keeps_values_with_probability_1_minus_p_and_rescales_them():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    dropout = Dropout(0.1)
+    out = dropout(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.9))
+    out.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.9))
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)

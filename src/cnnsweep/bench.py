@@ -3,7 +3,8 @@
 Variants, measured in one process and interleaved round by round so that machine noise hits
 them all alike:
 - classic: the seed recipe as usually written: torchvision MNIST with per-sample
-  RandomRotation / ToTensor / Normalize, a DataLoader with worker processes, the eager model;
+  RandomRotation / ToTensor / Normalize, a DataLoader with worker processes, the eager model
+  with torch's own nn.Dropout;
 - cnnsweep: the training path `python train.py` runs by default (the composed config, with any
   OVERRIDES given), from the in-memory dataset with batched augmentation;
 - compute: the same model, optimizer and step as cnnsweep on one fixed, already prepared batch:
@@ -23,15 +24,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from statistics import mean
+from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from cnnsweep.data import Split, n_batches, ordered_batches, shuffled_batches
+from cnnsweep.data import Split, n_batches, shuffled_batches
 from cnnsweep.loop import preparers
+from cnnsweep.model import Dropout
 from cnnsweep.run import build, build_scheduler
 from cnnsweep.schema import compose_config
 
@@ -44,6 +47,8 @@ class Variant:
     train: Callable[[int], int]
     evaluate: Callable[[int], int]
     epoch_images: tuple[int, int]  # training and test images in one epoch
+    end_epoch: Callable[[], None] = lambda: None  # the classic pipeline steps its scheduler per epoch
+    test_accuracy: Callable[[], float] | None = None
     warmup_s: float = 0.0
     train_rates: list[float] = field(default_factory=list)
     eval_rates: list[float] = field(default_factory=list)
@@ -79,7 +84,6 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
     else:
         batches = cycle(lambda: shuffled_batches(splits.train, data.batch_size, generator))
         step = trainer.train_step(parts.model, parts.forward, parts.optimizer, scheduler, prepare_train)
-    eval_batches = cycle(lambda: ordered_batches(splits.test, data.eval_batch_size))
 
     def train(n: int) -> int:
         images = 0
@@ -90,18 +94,18 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
         synchronize(trainer.device)
         return images
 
-    @torch.inference_mode()
     def evaluate(n: int) -> int:
-        parts.model.eval()
-        images = 0
-        with trainer.autocast():
-            for _ in range(n):
-                batch = next(eval_batches)
-                inputs = eval_batch if fixed_batch else prepare_eval(batch.images)
-                parts.forward(inputs).argmax(1)
-                images += len(batch.labels)
+        """n evaluation batches the way an epoch's evaluation runs them (Trainer.evaluate)."""
+        evaluated = trainer.eval_model(parts.model, parts.forward)
+        if fixed_batch:
+            inputs = Split(eval_batch.repeat(n, 1, 1, 1), splits.test.labels[:1].repeat(n * len(eval_batch)))
+            trainer.evaluate(evaluated, inputs, data.eval_batch_size, lambda images: images)
+        else:
+            count = min(n * data.eval_batch_size, len(splits.test))
+            inputs = Split(splits.test.images[:count], splits.test.labels[:count])
+            trainer.evaluate(evaluated, inputs, data.eval_batch_size, prepare_eval)
         synchronize(trainer.device)
-        return images
+        return len(inputs.labels)
 
     return Variant(name, train, evaluate, (len(splits.train), len(splits.test)))
 
@@ -113,7 +117,7 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
     device = instantiate(cfg.trainer).device
-    model = instantiate(cfg.model, _convert_="all").to(device)
+    model = with_torch_dropout(instantiate(cfg.model, _convert_="all")).to(device)
     optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
     normalize = transforms.Normalize((cfg.data.mean,), (cfg.data.std,))
     train_set = datasets.MNIST(
@@ -127,6 +131,11 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
     test_set = datasets.MNIST(
         cfg.data.root, train=False, download=False, transform=transforms.Compose([transforms.ToTensor(), normalize])
     )
+    # the same images as cnnsweep's data.train_limit / test_limit keep (the first N)
+    if cfg.data.train_limit:
+        train_set = torch.utils.data.Subset(train_set, range(min(cfg.data.train_limit, len(train_set))))
+    if cfg.data.test_limit:
+        test_set = torch.utils.data.Subset(test_set, range(min(cfg.data.test_limit, len(test_set))))
     loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True, **loader_args)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.eval_batch_size, **loader_args)
@@ -157,7 +166,63 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
         synchronize(device)
         return images
 
-    return Variant("classic", train, evaluate, (len(train_set), len(test_set)))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.scheduler.step_size, cfg.scheduler.gamma)
+
+    def test_accuracy() -> float:
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for inputs, labels in test_loader:
+                correct += (model(inputs.to(device)).argmax(1) == labels.to(device)).sum().item()
+        return correct / len(test_set)
+
+    epoch = (len(train_set), len(test_set))
+    return Variant("classic", train, evaluate, epoch, end_epoch=scheduler.step, test_accuracy=test_accuracy)
+
+
+def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as usually written: torch's nn.Dropout in place of cnnsweep's quicker one."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Dropout):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, torch.nn.Dropout(module.p))
+    return model
+
+
+def accuracy(
+    names: Sequence[str], also: Sequence[str], overrides: Sequence[str], seeds: Sequence[int], workers: int
+) -> list[dict[str, Any]]:
+    """Final test accuracy of whole training runs, per variant and seed (for `--accuracy`).
+
+    classic trains with its DataLoader pipeline and per-epoch StepLR (the seed recipe's loop);
+    cnnsweep and the --also variants run cnnsweep.run.train exactly as `python train.py` does.
+    """
+    import tempfile
+
+    from cnnsweep.run import train
+
+    plans = [(name, []) for name in names if name != "compute"]
+    plans += [(extra.partition("=")[0], shlex.split(extra.partition("=")[2])) for extra in also]
+    rows = []
+    for name, extra in plans:
+        accuracies = []
+        for seed in seeds:
+            run_overrides = [*overrides, *extra, f"seed={seed}", "data.val_size=0", "objective=test_acc"]
+            if name == "classic":
+                variant = classic_variant(run_overrides, workers)
+                cfg = compose_config(run_overrides)
+                for _ in range(cfg.trainer.epochs):
+                    variant.train(n_batches(variant.epoch_images[0], cfg.data.batch_size))
+                    variant.end_epoch()
+                accuracies.append(variant.test_accuracy())
+            else:
+                with tempfile.TemporaryDirectory() as run_dir:
+                    accuracies.append(train(compose_config(run_overrides), Path(run_dir)))
+            print(f"{name} seed {seed}: test accuracy {100 * accuracies[-1]:.2f}%", file=sys.stderr)
+        spread = stdev(accuracies) if len(accuracies) > 1 else 0.0
+        rows.append({"variant": name, "seeds": list(seeds), "test_acc": accuracies, "mean": mean(accuracies),
+                     "std": spread})  # fmt: skip
+    return rows
 
 
 def timed(run: Callable[[int], int], n: int) -> float:
@@ -242,12 +307,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed training batches first (compile, workers)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the classic variant")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="instead of throughput: train each variant fully (its config's epochs) per seed and "
+                        "compare final test accuracy")  # fmt: skip
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for --accuracy")
     args = parser.parse_args(argv)
 
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = set(names) - {"classic", "cnnsweep", "compute"}
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from classic, cnnsweep, compute")
+    if args.accuracy:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        rows = accuracy(names, args.also, args.overrides, seeds, args.workers)
+        if args.json:
+            print(json.dumps({"rows": rows}, indent=2))
+        for row in rows:
+            each = ", ".join(f"{100 * a:.2f}" for a in row["test_acc"])
+            print(f"{row['variant']:<12} test accuracy {100 * row['mean']:.2f}% ± {100 * row['std']:.2f} ({each})")
+        return 0
     variants = []
     for name in names:
         if name == "classic":

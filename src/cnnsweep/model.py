@@ -7,8 +7,10 @@ convolution widths, dropout and the head are constructor arguments.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnsweep.errors import UserError
@@ -57,7 +59,7 @@ class ConvNet(nn.Module):
                     nn.Conv2d(channels, width, kernel, padding=padding),
                     nn.BatchNorm2d(width),
                     nn.ReLU(),
-                    nn.Dropout(dropout),
+                    Dropout(dropout),
                 ]
                 channels, size = width, size + 2 * padding - kernel + 1
             if size < 1:
@@ -73,6 +75,48 @@ class ConvNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.head(self.features(images)), dim=1)
+
+
+class Dropout(nn.Module):
+    """Dropout (zero each value with probability p, scale the rest by 1/(1-p)), quick on CPUs.
+
+    On CPUs torch's own dropout draws its mask with aten::bernoulli_, which took a third of this
+    network's training step on our 2-core machine. Here each value gets 16 random bits instead
+    (four per 64-bit draw) and is dropped when they fall below p * 65536: the same Bernoulli mask
+    with p rounded to a multiple of 1/65536 (0.1 -> 0.100006), at under half the cost.
+    Elsewhere (CUDA, MPS) torch's fused dropout is used.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return _MaskDropout.apply(x, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class _MaskDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        drop_below = round(p * 65536)  # of 65536 equally likely 16-bit values, this many drop
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=x.device)
+        bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+        mask = torch.where(bits >= drop_below - 32768, 1.0 / (1.0 - drop_below / 65536), 0.0)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def _check_architecture(widths: list[int], layout: list[str], dropout: float, head: str) -> None:

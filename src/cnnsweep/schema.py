@@ -112,7 +112,8 @@ class TrainerSchema:
     epochs: int = MISSING
     device: str = MISSING
     progress: bool = MISSING
-    channels_last: bool = MISSING
+    channels_last: Optional[bool] = MISSING
+    eval_channels_last: Optional[bool] = MISSING
     compile: bool = MISSING
     precision: str = MISSING
     threads: Optional[int] = MISSING

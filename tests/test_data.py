@@ -84,3 +84,36 @@ def test_missing_files_give_one_clear_error(tmp_path):
 def test_bad_settings_are_refused_before_reading(tmp_path, changes, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         mnist(tmp_path / "nowhere", **changes)
+
+
+def copy_tiny(tiny_mnist, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_mnist / "MNIST", tmp_path / "MNIST")
+    return tmp_path / "MNIST" / "raw"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-100], "is 470,316 bytes but its header promises 600 images (470,416 bytes)"),
+        (lambda data: b"\x1f\x8b\x08\x00" + data[4:], "has magic number 0x1f8b0800, not 0x00000803"),
+        (lambda data: data[:10], "is 10 bytes, too short for an IDX header"),
+    ],
+)
+def test_truncated_or_wrong_magic_idx_files_are_named_with_the_problem(tiny_mnist, tmp_path, damage, message):
+    raw = copy_tiny(tiny_mnist, tmp_path)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(UserError) as error:
+        mnist(tmp_path).load(torch.device("cpu"))
+    assert str(images) in str(error.value) and message in str(error.value)
+
+
+def test_image_and_label_counts_must_agree(tiny_mnist, tmp_path):
+    raw = copy_tiny(tiny_mnist, tmp_path)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    data = labels.read_bytes()
+    labels.write_bytes(data[:4] + (150).to_bytes(4, "big") + data[8:158])
+    with pytest.raises(UserError, match="holds 200 images but .* holds 150 labels"):
+        mnist(tmp_path).load(torch.device("cpu"))

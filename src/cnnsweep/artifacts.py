@@ -73,10 +73,13 @@ def read_json(path: Path) -> Any:
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV file, with numbers as int or float and empty cells as None."""
     with open(path, newline="") as file:
-        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)]
+        return [{key: parse_value(value) for key, value in row.items()} for row in csv.DictReader(file)]
 
 
-def _number(text: str) -> Any:
+def parse_value(text: Any) -> Any:
+    """A CSV cell or override value as int or float where it is one; '' as None; else unchanged."""
+    if not isinstance(text, str):
+        return text
     if text == "":
         return None
     for kind in (int, float):

@@ -6,6 +6,7 @@ float only on the device, so there is no per-sample Python and no DataLoader in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 MNIST_TRAIN_SIZE = 60_000  # images in the official training set
+IMAGES_MAGIC = 0x00000803  # IDX magic number: unsigned bytes, 3 dimensions (count, rows, columns)
+LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (count)
 
 
 @dataclass
@@ -116,6 +119,11 @@ class MNISTData:
     def _read(self, train: bool, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision.datasets import MNIST
 
+        raw = self.root / "MNIST" / "raw"
+        prefix = "train" if train else "t10k"
+        files = (raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte")
+        if all(path.is_file() for path in files):
+            check_idx_pair(*files)  # torchvision checks only that the files exist
         try:
             dataset = MNIST(str(self.root), train=train, download=self.download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
@@ -137,6 +145,40 @@ class MNISTData:
     def normalize(self, unit_images: torch.Tensor) -> torch.Tensor:
         """Standardise float images with pixel values in [0, 1]."""
         return (unit_images - self.mean) / self.std
+
+
+def check_idx_pair(images: Path, labels: Path) -> None:
+    """Refuse IDX files whose magic number, image size or length is wrong, or that disagree in count."""
+    n_images = _check_idx(images, IMAGES_MAGIC, "images", (28, 28))
+    n_labels = _check_idx(labels, LABELS_MAGIC, "labels", ())
+    if n_images != n_labels:
+        raise UserError(f"{images} holds {n_images:,} images but {labels} holds {n_labels:,} labels; they must match")
+
+
+def _check_idx(path: Path, magic: int, kind: str, item_shape: tuple[int, ...]) -> int:
+    """The number of items in a valid IDX file of uint8 values; UserError naming the problem otherwise."""
+    header_size = 4 + 4 * (1 + len(item_shape))
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        header = file.read(header_size)
+    if len(header) < header_size:
+        raise UserError(f"{path} is {size} bytes, too short for an IDX header: the file is truncated; fetch it again")
+    found = int.from_bytes(header[:4], "big")
+    if found != magic:
+        raise UserError(
+            f"{path} has magic number {found:#010x}, not {magic:#010x} (MNIST {kind}): it is not an "
+            "uncompressed MNIST file (gzip'd or another file?); fetch it again"
+        )
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(1 + len(item_shape))]
+    if tuple(dims[1:]) != item_shape:
+        raise UserError(f"{path} holds {kind} of shape {tuple(dims[1:])}, not {item_shape}: it is not MNIST")
+    expected = header_size + dims[0] * math.prod(item_shape)
+    if size != expected:
+        raise UserError(
+            f"{path} is {size:,} bytes but its header promises {dims[0]:,} {kind} ({expected:,} bytes): "
+            "the file is truncated or corrupt; fetch it again"
+        )
+    return dims[0]
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

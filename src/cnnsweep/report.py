@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 import yaml
 
-from cnnsweep.artifacts import RunFolder, read_csv
+from cnnsweep.artifacts import RunFolder, parse_value, read_csv
 from cnnsweep.errors import UserError
 from cnnsweep.results import BEST_FILE, FACTS, TRIALS_FILE, best_row, direction_of, folder_rows, study_rows
 
@@ -121,7 +121,7 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
 
     finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED", "FAIL")]
     names = sorted({key for row in finished for key in row if key not in ("number", "state", "value", *FACTS)})
-    values = {name: [_value(row.get(name)) for row in finished] for name in names}
+    values = {name: [parse_value(row.get(name)) for row in finished] for name in names}
     distributions = {}
     for name, seen in values.items():
         numbers = [v for v in seen if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -138,17 +138,6 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
         value = row["value"] if state == optuna.trial.TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value, state=state))
     return study if finished else None
-
-
-def _value(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
 
 
 def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> list[Path]:

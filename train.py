@@ -12,25 +12,41 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import cnnsweep.schema  # noqa: F401  (registers the config schemas before Hydra composes)
+from cnnsweep.cli import precheck, resumed_run
 from cnnsweep.errors import UserError
+from cnnsweep.loop import Diverged
 from cnnsweep.run import train
+from cnnsweep.signals import Interrupted
 from cnnsweep.trial import connect_trial
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if cfg.resume is not None:
+            if sweeping:
+                raise UserError("resume=PATH continues one run; it cannot be swept (drop --multirun)")
+            return train(resumed_run(cfg.resume, hydra_cfg.overrides.task), run_dir, resume=True)
         # In a cnnsweep Optuna sweep the job reports to its trial each epoch, so it can be pruned.
-        reporter = connect_trial(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
-        return train(cfg, Path(hydra_cfg.runtime.output_dir), reporter)
-    except UserError as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed with this message
+        reporter = connect_trial(hydra_cfg) if sweeping else None
+        return train(cfg, run_dir, reporter)
+    except (UserError, Interrupted, Diverged) as error:
+        if sweeping:
+            raise  # the sweeper records the trial as failed (or interrupted) with this message
         logging.getLogger("cnnsweep").error(f"error: {error}")
-        sys.exit(2)
+        sys.exit(exit_code(error))
+
+
+def exit_code(error: Exception) -> int:
+    """2 for a bad input, 1 for a diverged run, 128 + the signal's number for an interrupted one."""
+    if isinstance(error, Interrupted):
+        return error.exit_code
+    return 2 if isinstance(error, UserError) else 1
 
 
 if __name__ == "__main__":
+    precheck(sys.argv[1:])  # bad overrides and unwritable folders: one line, before Hydra makes anything
     main()

@@ -31,9 +31,16 @@ def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+# Trials one at a time in the sweep's own process: quicker to start than worker processes. The
+# default (one trial per core through joblib) is run by the first test here and by test_reliability.
+IN_PROCESS = ("hydra/launcher=basic", "hydra.sweeper.n_jobs=1")
+
+
 def optuna_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
-    """The lr_gamma_dropout search (TPE) in a study named 'test'."""
-    return sweep_overrides(root, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test", *extra)
+    """The lr_gamma_dropout search (TPE) in a study named 'test', trials in the sweep's process."""
+    return sweep_overrides(
+        root, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test", *IN_PROCESS, *extra
+    )
 
 
 def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
@@ -67,7 +74,8 @@ def load_study(sweep_dir: Path, name: str = "test") -> optuna.Study:
 
 def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
+    default = sweep_overrides(tiny_mnist, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test")
+    result = train_py(*default, "hydra.sweeper.n_trials=3")  # as users run it: one trial per core, in parallel
     assert result.returncode == 0, result.stdout + result.stderr
 
     rows = read_trials(sweep_dir)
@@ -154,7 +162,8 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_p
     assert result.returncode != 0
     assert "SweepAborted" in result.stderr + result.stdout
     assert "2 trials failed, more than max_failure_rate=0.25 of n_trials=4" in result.stderr + result.stdout
-    assert [row["state"] for row in read_trials(sweep_dir)] == ["FAIL", "FAIL"]
+    states = [row["state"] for row in read_trials(sweep_dir)]
+    assert set(states) == {"FAIL"} and 2 <= len(states) < 4  # a trial already in flight may still finish
 
 
 def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
@@ -186,16 +195,19 @@ def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_pa
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-    killed = load_study(sweep_dir).trials
-    assert [t.state.name for t in killed] == ["RUNNING"]
+    killed = [t for t in load_study(sweep_dir).trials if t.state.name == "RUNNING"]
+    assert killed and killed[0].number == 0  # one running trial per core
 
     resumed = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = load_study(sweep_dir).trials
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[1].params == killed[0].params  # the lost trial's parameters, tried again
-    rows = read_trials(sweep_dir)
-    assert rows[0]["reason"].startswith("interrupted: worker") and rows[0]["state"] == "FAIL"
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and len(trials) == len(killed) + 2
+    rows = {int(row["number"]): row for row in read_trials(sweep_dir)}
+    for lost in killed:
+        assert trials[lost.number].state.name == "FAIL"
+        assert rows[lost.number]["reason"].startswith("interrupted: worker")
+        assert any(t.params == lost.params for t in complete)  # the lost trial's parameters, tried again
 
 
 def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path):

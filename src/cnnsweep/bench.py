@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from cnnsweep.data import Split, n_batches, shuffled_batches
+from cnnsweep.errors import make
 from cnnsweep.loop import preparers
 from cnnsweep.model import Dropout
 from cnnsweep.run import build, build_scheduler
@@ -69,7 +69,7 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
     """cnnsweep's own path from the composed config; with fixed_batch, steps on one prepared batch."""
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
-    parts = build(cfg, instantiate(cfg.model, _convert_="all"))
+    parts = build(cfg, make(cfg.model, _convert_="all"))
     trainer, data = parts.trainer, parts.data
     splits = data.load(trainer.device)
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
@@ -116,9 +116,9 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
 
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
-    device = instantiate(cfg.trainer).device
-    model = with_torch_dropout(instantiate(cfg.model, _convert_="all")).to(device)
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    device = make(cfg.trainer).device
+    model = with_torch_dropout(make(cfg.model, _convert_="all")).to(device)
+    optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
     normalize = transforms.Normalize((cfg.data.mean,), (cfg.data.std,))
     train_set = datasets.MNIST(
         cfg.data.root,
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.append(cnnsweep_variant(name, [*args.overrides, *shlex.split(more)]))
     measure(variants, args.batches, args.eval_batches, args.rounds, args.warmup)
     rows = results(variants)
-    device = instantiate(compose_config(args.overrides).trainer).device
+    device = make(compose_config(args.overrides).trainer).device
     if args.json:
         print(json.dumps({"device": str(device), "rows": rows}, indent=2))
     else:

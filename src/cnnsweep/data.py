@@ -91,18 +91,21 @@ class MNISTData:
                 raise UserError(f"data.{name}={value} must be a positive integer or null (all images)")
         if self.val_size < 0:
             raise UserError(f"data.val_size={self.val_size} must be >= 0 (0: no validation split)")
-        n_train = min(self.train_limit or MNIST_TRAIN_SIZE, MNIST_TRAIN_SIZE)
+        self._check_val_size(min(self.train_limit or MNIST_TRAIN_SIZE, MNIST_TRAIN_SIZE))
+        if self.std <= 0:
+            raise UserError(f"data.std={self.std} must be positive")
+
+    def _check_val_size(self, n_train: int) -> None:
         if self.val_size >= n_train:
             raise UserError(
                 f"data.val_size={self.val_size} leaves no training images out of {n_train}; "
                 f"use a val_size below {n_train}"
             )
-        if self.std <= 0:
-            raise UserError(f"data.std={self.std} must be positive")
 
     def load(self, device: torch.device) -> Splits:
         """Read the files once and put every split on `device`."""
         train_images, train_labels = self._read(train=True, limit=self.train_limit)
+        self._check_val_size(len(train_labels))  # files other than the official ones may hold fewer
         test_images, test_labels = self._read(train=False, limit=self.test_limit)
         val = None
         if self.val_size:

@@ -1,5 +1,10 @@
 """The one exception type for problems the user can fix (bad config, missing data, over budget)."""
 
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
 
 class UserError(Exception):
     """A bad input: the message names the value, what was expected and how to fix it.
@@ -7,3 +12,17 @@ class UserError(Exception):
     `python train.py` prints it as one line and exits non-zero; in a sweep the trial fails
     with this message as its reason.
     """
+
+
+def make(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a UserError raised by the target comes through as itself.
+
+    Hydra wraps whatever a constructor raises in an InstantiationException with a traceback;
+    a bad value the constructor refused should reach the user as its own one-line message.
+    """
+    try:
+        return instantiate(config, *args, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
 from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.data import to_unit
-from cnnsweep.errors import UserError
+from cnnsweep.errors import UserError, make
 from cnnsweep.loop import predict, resolve_device
 
 EVALUATION_DIR = "evaluation"
@@ -50,7 +49,7 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
 
 def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) -> torch.nn.Module:
     """The model the config describes, with the checkpoint's weights; refuses a mismatch."""
-    model = instantiate(config["model"], _convert_="all")
+    model = make(config["model"], _convert_="all")
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
@@ -76,7 +75,7 @@ def evaluate_checkpoint(
     if data_root is not None:
         config["data"]["root"] = data_root
     config["data"]["val_size"] = 0  # only the test set is read
-    data = instantiate(config["data"])
+    data = make(config["data"])
     run_device = resolve_device(device)
     test = data.load(run_device).test
     model.to(run_device)

@@ -23,7 +23,7 @@ from cnnsweep.errors import UserError
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 EpochRecord = dict[str, float]
-CHECK_EVERY = 25  # batches between reads of the running loss (progress bar, divergence check)
+CHECK_EVERY = 25  # batches between reads of the running loss on accelerators (each read waits for the device)
 
 
 class Diverged(RuntimeError):
@@ -36,7 +36,10 @@ class Diverged(RuntimeError):
         self.epoch, self.batch, self.loss = epoch, batch, loss
 
     def __str__(self) -> str:
-        return f"training diverged: loss {self.loss} at epoch {self.epoch}, batch {self.batch}"
+        return (
+            f"training diverged: loss {self.loss} at epoch {self.epoch}, batch {self.batch} "
+            "(a lower optimizer.lr usually helps)"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,8 +67,20 @@ def resolve_device(name: str) -> torch.device:
 Step = Callable[[Split], tuple[torch.Tensor, torch.Tensor]]  # batch -> (summed loss, correct), on the device
 
 
-def train_epoch(step: Step, batches: Iterable[Split], total_batches: int, epoch: int, progress: bool) -> EpochRecord:
-    """Run `step` on every batch; returns the epoch's mean train loss and accuracy."""
+def train_epoch(
+    step: Step,
+    batches: Iterable[Split],
+    total_batches: int,
+    epoch: int,
+    progress: bool,
+    check_every: int = CHECK_EVERY,
+    check_stop: Callable[[], None] = lambda: None,
+) -> EpochRecord:
+    """Run `step` on every batch; returns the epoch's mean train loss and accuracy.
+
+    Every `check_every` batches the losses so far are checked (Diverged on NaN/inf, naming the
+    first bad batch); after every batch `check_stop` may raise to stop the run (a signal).
+    """
     batch_losses: torch.Tensor | None = None
     correct = seen = 0
     bar = tqdm(total=total_batches, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
@@ -76,7 +91,8 @@ def train_epoch(step: Step, batches: Iterable[Split], total_batches: int, epoch:
         batch_losses[index] = loss_sum
         correct = correct + batch_correct
         seen += len(batch.labels)
-        if (index + 1) % CHECK_EVERY == 0 or index + 1 == total_batches:
+        check_stop()
+        if (index + 1) % check_every == 0 or index + 1 == total_batches:
             _check_finite(batch_losses[: index + 1], epoch)
             bar.set_postfix(
                 loss=f"{batch_losses[index].item() / len(batch.labels):.4f}",
@@ -241,22 +257,27 @@ class Trainer:
         augmentation: Augmentation,
         generator: torch.Generator,
         on_epoch_end: Callable[[EpochRecord], None],
+        start_epoch: int = 1,
+        check_stop: Callable[[], None] = lambda: None,
     ) -> list[EpochRecord]:
         """Train for self.epochs epochs; after each, evaluate and hand the record to on_epoch_end.
 
         `forward` is what `setup(model)` returned (the model itself, or its compiled version).
+        Epochs before `start_epoch` are taken as done (a resumed run). `check_stop` runs after
+        every batch and may raise to stop the run.
         """
 
         prepare_train, prepare_eval = preparers(data, augmentation, generator)
         step = self.train_step(model, forward, optimizer, scheduler, prepare_train)
         history = []
         steps = n_batches(len(splits.train), data.batch_size)
-        for epoch in range(1, self.epochs + 1):
+        check_every = 1 if self.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
+        for epoch in range(start_epoch, self.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
             batches = shuffled_batches(splits.train, data.batch_size, generator)
             record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(step, batches, steps, epoch, self.progress)
+            record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, check_stop)
             train_seconds = time.perf_counter() - start
             evaluated = self.eval_model(model, forward)
             for name, split in (("val", splits.val), ("test", splits.test)):

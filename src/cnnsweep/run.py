@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cnnsweep
 from cnnsweep.artifacts import RunFolder
 from cnnsweep.data import MNISTData, n_batches
-from cnnsweep.errors import UserError
-from cnnsweep.loop import Augmentation, EpochRecord, Trainer
+from cnnsweep.errors import UserError, make
+from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
 from cnnsweep.model import check_budget, count_parameters
+from cnnsweep.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +56,42 @@ class Reporter(Protocol):
     def report(self, epoch: int, value: float, last: bool) -> None: ...
 
 
-def train(cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None) -> float:
+def train(cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> float:
     """Train the configured model, write the run's artifacts into run_dir, return the objective.
 
-    summary.json records how the run ended (completed, over_budget, pruned, diverged, failed,
-    interrupted) whatever happens once the model is built.
+    With resume, continue from run_dir's last checkpoint (its epoch, weights, optimizer and
+    scheduler state, random number generators and data order). summary.json records how the
+    run ended (completed, over_budget, pruned, diverged, failed, interrupted) whatever happens
+    once the model is built. SIGINT/SIGTERM stop it after the current batch (Interrupted).
     """
-    started = time.time()
+    clock = Clock()
     objective = resolve_objective(cfg.objective, cfg.data.val_size)
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all")
+    model = make(cfg.model, _convert_="all")
     n_params = count_parameters(model)
     folder = RunFolder(run_dir)
     summary = base_summary(cfg, objective, n_params)
-    with record_outcome(folder, summary, started):
+    with record_outcome(folder, summary, clock), stop_requests() as stop:
         check_budget(n_params, cfg.budget.max_params)
-        _fit(cfg, model, objective, folder, summary, started, reporter)
+        _fit(cfg, model, objective, folder, summary, clock, reporter, resume, stop)
     value = summary["objective_value"]
     log.info(f"done in {summary['wall_time_s']:.0f} s: {objective} = {value:.4f}; run folder {run_dir}")
     return value
 
 
+class Clock:
+    """Wall time of a run, carried over from the invocations it was resumed from."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.earlier_s = 0.0  # time spent before the last resume
+
+    def elapsed(self) -> float:
+        return self.earlier_s + time.time() - self.started
+
+
 @contextmanager
-def record_outcome(folder: RunFolder, summary: dict[str, Any], started: float) -> Iterator[None]:
+def record_outcome(folder: RunFolder, summary: dict[str, Any], clock: Clock) -> Iterator[None]:
     """Write summary.json with the run's final status, also when the run stops with an error."""
     try:
         yield
@@ -86,11 +99,13 @@ def record_outcome(folder: RunFolder, summary: dict[str, Any], started: float) -
         interrupted = isinstance(error, KeyboardInterrupt)
         status = "interrupted" if interrupted else getattr(error, "run_status", "failed")
         summary.update(status=status, error=f"{type(error).__name__}: {error}")
+        if isinstance(error, Diverged):
+            summary["diverged_at"] = {"epoch": error.epoch, "batch": error.batch, "loss": str(error.loss)}
         raise
     else:
         summary["status"] = "completed"
     finally:
-        summary["wall_time_s"] = time.time() - started
+        summary["wall_time_s"] = clock.elapsed()
         folder.write_summary(summary)
 
 
@@ -100,8 +115,10 @@ def _fit(
     objective: str,
     folder: RunFolder,
     summary: dict[str, Any],
-    started: float,
+    clock: Clock,
     reporter: Reporter | None,
+    resume: bool,
+    stop: StopRequests,
 ) -> None:
     parts = build(cfg, model)
     trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
@@ -113,33 +130,90 @@ def _fit(
     log.info(f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}")
     scheduler = build_scheduler(cfg, optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
-
     resolved = OmegaConf.to_container(cfg, resolve=True)
     history: list[EpochRecord] = []
+    if resume:
+        history = restore(folder, parts, scheduler, generator, summary, clock)
 
     def on_epoch_end(record: EpochRecord) -> None:
         history.append(record)
         log.info(format_epoch(record, trainer.epochs))
         folder.write_metrics(history)
+        better = is_better(objective, record[objective], summary.get("best_checkpoint_value"))
+        if better:
+            summary.update(best_checkpoint_epoch=record["epoch"], best_checkpoint_value=record[objective])
+        summary.update(summarize(history, objective), wall_time_s=clock.elapsed())
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": record["epoch"],
             "metrics": record,
+            "history": list(history),
             "config": resolved,
+            "rng": rng_state(generator),
+            "best": {key: summary[key] for key in ("best_checkpoint_epoch", "best_checkpoint_value")},
+            "wall_time_s": clock.elapsed(),
         }
-        folder.save_checkpoint("last", state)
-        if is_better(objective, record[objective], summary.get("best_checkpoint_value")):
+        if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
             folder.save_checkpoint("best", state)
-            summary["best_checkpoint_epoch"] = record["epoch"]
-            summary["best_checkpoint_value"] = record[objective]
-        summary.update(summarize(history, objective), wall_time_s=time.time() - started)
+        folder.save_checkpoint("last", state)
         folder.write_summary(summary)
         if reporter is not None:
             reporter.report(record["epoch"], record[objective], last=record["epoch"] == trainer.epochs)
 
-    trainer.fit(model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end)
+    trainer.fit(
+        model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
+        start_epoch=len(history) + 1, check_stop=stop.check,
+    )  # fmt: skip
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random number generator a run draws from (weights, dropout, data order, augmentation)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "generator": generator.get_state(),
+    }
+
+
+def restore(
+    folder: RunFolder,
+    parts: Parts,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    summary: dict[str, Any],
+    clock: Clock,
+) -> list[EpochRecord]:
+    """Load the run's last checkpoint into the run's objects; returns the epochs it already ran."""
+    for stale in folder.path.rglob(".*.tmp"):
+        stale.unlink()  # a write cut short by the kill; the file it was replacing is intact
+    path = folder.checkpoints / "last.pt"
+    if not path.is_file():
+        log.info(f"resume: {folder.path} has no checkpoint yet, starting from the first epoch")
+        return []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path} cannot be read ({error}); the run cannot be resumed from it") from error
+    try:
+        parts.model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise UserError(f"{path} does not match the model in the run's config: {details}") from error
+    parts.optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    generator.set_state(state["rng"]["generator"])
+    summary.update(state["best"])
+    clock.earlier_s = state["wall_time_s"]
+    history = list(state["history"])
+    folder.write_metrics(history)  # drop any row written after this checkpoint
+    summary.update(summarize(history, summary["objective"]), resumed_after_epoch=state["epoch"])
+    log.info(f"resume: continuing {folder.path} after epoch {state['epoch']}")
+    return history
 
 
 @dataclass
@@ -156,18 +230,24 @@ class Parts:
 
 def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
     """Instantiate trainer, data, augmentation and optimizer for `model` (already built from cfg.model)."""
-    trainer = instantiate(cfg.trainer)
-    data = instantiate(cfg.data)
-    augmentation = instantiate(cfg.augmentation)
+    trainer = make(cfg.trainer)
+    data = make(cfg.data)
+    augmentation = make(cfg.augmentation)
     forward = trainer.setup(model)  # before the optimizer, so its state lives where the parameters do
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and lr <= 0:
+        raise UserError(f"optimizer.lr={lr} must be positive")
+    try:
+        optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
+    except ValueError as error:  # torch's own checks (momentum, betas, weight decay, ...)
+        raise UserError(f"optimizer ({cfg.optimizer._target_}): {error}; check the optimizer.* settings") from error
     return Parts(model, forward, trainer, data, augmentation, optimizer)
 
 
 def build_scheduler(
     cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    return instantiate(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    return make(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
 
 def base_summary(cfg: DictConfig, objective: str, n_params: int) -> dict[str, Any]:

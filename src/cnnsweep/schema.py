@@ -5,6 +5,7 @@ sgd`), so a misspelt key or a value of the wrong type is refused while the confi
 before any work starts. The schemas hold types only: every value lives in the YAML files.
 """
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
 
@@ -136,6 +137,7 @@ class TrainSchema:
     seed: int = MISSING
     objective: str = MISSING
     budget: BudgetSchema = MISSING
+    resume: Optional[str] = MISSING
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -148,8 +150,24 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def if_set(value: Any, then: Any, otherwise: Any) -> Any:
+    """`${cnnsweep.if_set:${key},A,B}`: A when key holds a value, B when it is null."""
+    return otherwise if value is None else then
+
+
+def cpu_cores() -> int:
+    """`${cnnsweep.cpu_cores:}`: the CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (idempotent; runs on import of this module)."""
+    """Store the schemas in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent).
+
+    Runs on import of this module, which `import cnnsweep` does: every process that composes a
+    config (the sweep, and each parallel job) has them.
+    """
+    OmegaConf.register_new_resolver("cnnsweep.if_set", if_set, replace=True)
+    OmegaConf.register_new_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     for group, schemas in GROUP_SCHEMAS.items():
@@ -157,10 +175,13 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=name, node=node)
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """conf/train.yaml composed with `overrides`, as `python train.py` composes it (no Hydra run)."""
+def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, as `python train.py` composes it (no Hydra run).
+
+    with_hydra keeps the `hydra` node (run folder, sweeper, launcher).
+    """
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 register()

@@ -100,11 +100,16 @@ def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
         except RuntimeError:  # finished meanwhile (by its worker, or failed by another)
             continue
         if failed_here:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.enqueue_trial(trial.params)
+            enqueue(study, trial.params)
             requeued.append(trial.number)
     return requeued
+
+
+def enqueue(study: optuna.Study, params: dict[str, object]) -> None:
+    """Queue a trial with these parameters: the next ask() of any worker runs it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.enqueue_trial(params)
 
 
 def claim(study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, n_trials: int) -> bool:

@@ -32,9 +32,12 @@ from optuna.trial import TrialState
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
 from cnnsweep.model import OverBudget
 from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, write_results
+from cnnsweep.signals import Interrupted, stop_requests
 from cnnsweep.study import (
     REASON,
+    REQUEUED,
     claim,
+    enqueue,
     heartbeats,
     n_counted,
     open_storage,
@@ -80,23 +83,25 @@ class StudySweeper(OptunaSweeperImpl):
         )
         self.study_id = study._study_id
         log.info(f"study {study.study_name!r} in {self.storage}: {len(study.trials)} trials so far")
-        lost = requeue_lost_trials(study, self.rdb)
-        if lost:
-            log.warning(f"trials {lost} were left RUNNING by a stopped worker: failed, parameters re-queued")
 
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
         self.failures, self.stop, self.errors = 0, False, []
         # Hydra's basic launcher runs jobs in this process, one at a time; other launchers (joblib,
         # submitit) run each lane's trial elsewhere, so a new trial starts as soon as any one ends.
         lanes = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs
-        threads = [threading.Thread(target=self._lane, name=f"cnnsweep-lane-{i}") for i in range(lanes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with stop_requests() as self.stop_signal:  # Ctrl-C / SIGTERM: finish the trials in flight, start no more
+            if lanes == 1:
+                self._lane()  # in the main thread, where an in-process job can catch signals itself
+            else:
+                threads = [threading.Thread(target=self._lane, name=f"cnnsweep-lane-{i}") for i in range(lanes)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
         self._write_results()
         if self.errors:
             raise self.errors[0]
+        self.stop_signal.check()
 
     def _lane(self) -> None:
         """Run trials one after another until the study is full, the sweep aborts, or an error stops it."""
@@ -106,8 +111,7 @@ class StudySweeper(OptunaSweeperImpl):
                 with heartbeats(self.rdb, [trial._trial_id]):
                     [job] = self.launcher.launch([overrides], initial_job_idx=trial.number)
                 with self.lock:
-                    state = self._finish(self._load(), trial.number, job)
-                    self.failures += state == TrialState.FAIL
+                    self._finish(self._load(), trial.number, job)
                     self._write_results()
                     if self.failures > self.max_failure_rate * self.n_trials and not self.stop:
                         self.stop = True
@@ -125,10 +129,15 @@ class StudySweeper(OptunaSweeperImpl):
     def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | None:
         """Ask for and claim the next trial with its job overrides; None when there is nothing left to run."""
         with self.lock:
-            if self.stop:
+            if self.stop or self.stop_signal.signal_number is not None:
                 return None
             study = self._load()  # a fresh view: optuna's cache never re-reads its own trials
-            if n_counted(self.rdb.get_all_trials(self.study_id, deepcopy=False)) >= self.n_trials:
+            lost = requeue_lost_trials(study, self.rdb)
+            if lost:
+                log.warning(f"trials {lost} were left RUNNING by a worker that stopped: failed, parameters re-queued")
+            trials = self.rdb.get_all_trials(self.study_id, deepcopy=False)
+            queued = any(t.state == TrialState.WAITING for t in trials)  # re-queued trials: ask() runs them first
+            if not queued and n_counted(trials) >= self.n_trials:
                 return None
             trial = study.ask()
             if not claim(study, self.rdb, trial, self.n_trials):
@@ -164,11 +173,12 @@ class StudySweeper(OptunaSweeperImpl):
     def _load(self) -> optuna.Study:
         return optuna.load_study(study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner)
 
-    def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> TrialState:
-        """Record the job's outcome on its trial; returns the state told."""
+    def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> None:
+        """Record the job's outcome on its trial (and count it if it failed)."""
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         attrs = self._job_facts(job)
         value, state = None, TrialState.COMPLETE
+        interrupted = None
         if job.status == JobStatus.COMPLETED:
             value = float(job.return_value)
         else:
@@ -178,6 +188,9 @@ class StudySweeper(OptunaSweeperImpl):
             attrs[REASON] = str(error) if pruned else f"{type(error).__name__}: {error}"
             if isinstance(error, OverBudget):
                 attrs["n_params"] = error.n_params
+            if isinstance(error, Interrupted):  # not the trial's fault: run its parameters again later
+                attrs[REQUEUED], interrupted = True, error
+                self.stop = True
             log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
         for key, item in attrs.items():
             study._storage.set_trial_user_attr(trial_id, key, item)
@@ -188,7 +201,11 @@ class StudySweeper(OptunaSweeperImpl):
             # study.optimize; the trial's state and value are stored before that.
             if "Study.stop" not in str(error):
                 raise
-        return state
+        if interrupted is not None:
+            enqueue(study, study.trials[number].params)
+            self.errors.append(interrupted)
+        elif state == TrialState.FAIL:
+            self.failures += 1
 
     @staticmethod
     def _job_facts(job: JobReturn) -> dict[str, Any]:

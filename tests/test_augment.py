@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnsweep.augment import NoAugmentation, RandomRotation, rotate
+from cnnsweep.augment import NoAugmentation, RandomAffine, RandomRotation, affine, rotate
 from cnnsweep.errors import UserError
 
 
@@ -56,3 +56,40 @@ def test_bad_settings_are_refused():
         RandomRotation(7.0, "bicubic")
     with pytest.raises(UserError, match="degrees=-1"):
         RandomRotation(-1.0)
+
+
+def test_affine_shifts_and_zooms_about_the_centre():
+    dot = torch.zeros(1, 1, 28, 28)
+    dot[0, 0, 14, 14] = 1.0
+    none, one = torch.zeros(1), torch.ones(1)
+    moved = affine(dot, none, one, torch.tensor([[2 / 28, -3 / 28]]), "nearest")  # 2 px right, 3 px up
+    assert moved.nonzero().tolist() == [[0, 0, 11, 16]]
+    square = torch.zeros(1, 1, 28, 28)
+    square[0, 0, 12:16, 12:16] = 1.0
+    zoomed = affine(square, none, torch.full((1,), 2.0), torch.zeros(1, 2), "nearest")
+    assert zoomed.sum() == 4 * square.sum()  # twice the size on each side, same centre
+    assert zoomed[0, 0, 10:18, 10:18].sum() == zoomed.sum()
+
+
+def test_random_affine_without_shift_and_zoom_is_the_rotation():
+    images = digits()
+    plain = RandomAffine(7.0, translate=0.0, scale=[1.0, 1.0])(images, torch.Generator().manual_seed(4))
+    assert torch.equal(RandomAffine(0.0, 0.0, [1.0, 1.0])(images, torch.Generator()), images)
+    varied = RandomAffine(7.0, translate=0.1, scale=[0.9, 1.1])(images, torch.Generator().manual_seed(4))
+    assert plain.shape == varied.shape and not torch.equal(plain, varied)
+    assert varied.min() >= 0.0 and varied.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"translate": 1.0}, "augmentation.translate=1.0 must lie in [0, 1)"),
+        ({"scale": [1.1, 0.9]}, "augmentation.scale=[1.1, 0.9] must be [min, max]"),
+        ({"scale": [0.0, 1.0]}, "augmentation.scale=[0.0, 1.0] must be [min, max]"),
+        ({"degrees": -2.0}, "augmentation.degrees=-2.0 must be >= 0"),
+    ],
+)
+def test_bad_affine_settings_are_refused(settings, message):
+    with pytest.raises(UserError) as error:
+        RandomAffine(**({"degrees": 7.0, "translate": 0.1, "scale": [0.9, 1.1]} | settings))
+    assert message in str(error.value)

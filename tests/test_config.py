@@ -5,9 +5,10 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from cnnsweep.augment import NoAugmentation, RandomRotation
+from cnnsweep.augment import NoAugmentation, RandomAffine, RandomRotation
 from cnnsweep.data import MNISTData
 from cnnsweep.loop import Trainer
+from cnnsweep.model import check_budget, count_parameters
 
 from conftest import CONF, compose_train
 
@@ -39,7 +40,7 @@ def test_every_option_composes_and_instantiates(group, option):
     scheduler = instantiate(cfg.scheduler)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
-    assert isinstance(instantiate(cfg.augmentation), (RandomRotation, NoAugmentation))
+    assert isinstance(instantiate(cfg.augmentation), (RandomRotation, RandomAffine, NoAugmentation))
     assert isinstance(instantiate(cfg.data), MNISTData)
     assert isinstance(instantiate(cfg.trainer), Trainer)
 
@@ -52,6 +53,7 @@ def test_default_composition_is_the_reference_recipe():
     assert (cfg.augmentation.degrees, cfg.augmentation.interpolation) == (7.0, "nearest")
     assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.data.val_size) == (128, 0.1307, 0.3081, 0)
     assert cfg.trainer.epochs == 19
+    assert (cfg.trainer.label_smoothing, cfg.trainer.ema_decay) == (0.0, None)
     assert cfg.model.dropout == 0.1
     assert cfg.budget.max_params == 20000
 
@@ -88,3 +90,26 @@ def test_a_misspelt_key_inside_a_yaml_file_is_refused(tmp_path):
     with pytest.raises(ConfigCompositionException) as error:
         compose_train([f"hydra.searchpath=[file://{tmp_path}]", "optimizer=typo"])
     assert "momentun" in str(error.value) + str(error.value.__cause__)
+
+
+EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+# recipe -> (most parameters, most epochs) that its target allows
+RECIPE_LIMITS = {"seed_tuned": (18_970, 19), "fast": (20_000, 4), "best": (20_000, 20), "tiny": (8_000, 15)}
+
+
+def test_the_recipes_exist():
+    assert set(RECIPE_LIMITS) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_recipe_composes_and_keeps_within_its_limits(name):
+    cfg = compose_train([f"experiment={name}"])
+    model = instantiate(cfg.model, _convert_="all")
+    n_params = count_parameters(model)
+    check_budget(n_params, cfg.budget.max_params)
+    instantiate(cfg.augmentation), instantiate(cfg.trainer)
+    max_params, max_epochs = RECIPE_LIMITS.get(name, (20_000, None))
+    assert n_params <= max_params and (max_epochs is None or cfg.trainer.epochs <= max_epochs)
+    assert cfg.data.val_size == 0  # recipes are measured on the test set after training on all 60,000
+    if name == "seed_tuned":
+        assert n_params == 18_970 and list(cfg.model.layout) == list(compose_train().model.layout)

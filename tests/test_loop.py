@@ -1,11 +1,13 @@
 """The trainer's speed options: each one trains, and bad values are refused."""
 
+import re
+
 import pytest
 import torch
 from test_model import SEED_LAYOUT, SEED_WIDTHS
 
 from cnnsweep.errors import UserError
-from cnnsweep.loop import Trainer
+from cnnsweep.loop import Trainer, smoothed_nll
 from cnnsweep.model import ConvNet
 
 
@@ -64,12 +66,14 @@ def test_threads_are_applied_by_setup():
         ({"precision": "fp16"}, "trainer.precision=fp16 needs a CUDA device"),
         ({"threads": 0}, "trainer.threads=0 must be a positive integer"),
         ({"device": "cuda:7"}, "is not available on this machine"),
+        ({"label_smoothing": 1.0}, "trainer.label_smoothing=1.0 is outside [0, 1)"),
+        ({"ema_decay": 1.0}, "trainer.ema_decay=1.0 must lie in (0, 1)"),
     ],
 )
 def test_bad_trainer_settings_are_refused(changes, message):
     if changes.get("device") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         trainer(**changes)
 
 
@@ -82,3 +86,23 @@ def test_auto_settings_take_the_devices_defaults():
     assert model.features[0].weight.is_contiguous()  # the trained model keeps its layout
     plain = trainer(eval_channels_last=False)
     assert plain.eval_model(model, model) is model
+
+
+def test_label_smoothing_is_torchs_smoothed_cross_entropy():
+    logits = torch.randn(32, 10, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(32) % 10
+    log_probs = torch.log_softmax(logits, 1)
+    for smoothing in (0.0, 0.1, 0.3):
+        expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+        assert smoothed_nll(log_probs, labels, smoothing).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_weight_average_warms_up_then_decays_at_its_rate():
+    from cnnsweep.loop import ema_update
+
+    update = ema_update(0.9)
+    average, current = [torch.zeros(3), torch.zeros((), dtype=torch.long)], [torch.ones(3), torch.tensor(7)]
+    update(average, current, torch.tensor(0))  # first update: d = 1/10, mostly the new weights
+    assert torch.allclose(average[0], torch.full((3,), 0.9)) and int(average[1]) == 7
+    update(average, [torch.zeros(3), torch.tensor(8)], torch.tensor(1000))  # late: d = decay
+    assert torch.allclose(average[0], torch.full((3,), 0.81)) and int(average[1]) == 8

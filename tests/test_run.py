@@ -119,3 +119,38 @@ def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
     overrides = tiny_overrides(real_mnist, "data.train_limit=10000", "data.test_limit=1000", "trainer.epochs=2")
     test_acc = train(compose_train(overrides), tmp_path)
     assert test_acc > 0.90
+
+
+def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist, tmp_path):
+    from cnnsweep.evaluate import evaluate_checkpoint
+
+    recipe = ("data.val_size=88", "trainer.ema_decay=0.9", "trainer.label_smoothing=0.1")  # 4 batches/epoch
+    whole = tmp_path / "whole"
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2", *recipe)), whole)
+    state = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 8  # updated after each of the 2 x 4 steps
+    averaged = state["ema"]["module.features.0.weight"]
+    assert not torch.allclose(averaged, state["model"]["features.0.weight"])
+    rows = read_metrics(whole)
+    evaluation = evaluate_checkpoint(whole, "last", device="cpu")  # evaluates the average, as training did
+    assert evaluation["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-9)
+
+    stopped = tmp_path / "stopped"
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=1", *recipe)), stopped)
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2", *recipe)), stopped, resume=True)
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(stopped)] == [
+        {k: v for k, v in row.items() if k not in timing} for row in rows
+    ]
+
+
+def test_the_best_recipe_runs_and_learns_on_real_mnist(real_mnist, tmp_path):
+    # affine augmentation, label smoothing, weight average, one-cycle schedule and the compact network
+    # together; 2 short epochs (78 steps) on 5,000 images: 82.5% seen, chance is 10%
+    overrides = ("experiment=best", "trainer.epochs=2", "data.train_limit=5000", "data.test_limit=1000")
+    value = train(compose_train(tiny_overrides(real_mnist, *overrides)), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["n_params"] == 19_382
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2 and value == float(rows[-1]["test_acc"]) > 0.5
+    assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # the one-cycle warm-up

@@ -48,10 +48,16 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
 
 
 def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) -> torch.nn.Module:
-    """The model the config describes, with the checkpoint's weights; refuses a mismatch."""
+    """The model the config describes, with the checkpoint's evaluated weights (the moving average
+    when the run kept one); refuses a mismatch."""
     model = make(config["model"], _convert_="all")
+    weights = checkpoint["model"]
+    if "ema" in checkpoint:  # AveragedModel's state: module.<name> for each weight, plus n_averaged
+        weights = {
+            name.removeprefix("module."): value for name, value in checkpoint["ema"].items() if name != "n_averaged"
+        }
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
         details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
         raise UserError(f"the checkpoint does not match the model in {source}: {details}") from error

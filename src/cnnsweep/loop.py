@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cnnsweep.data import MNISTData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
@@ -111,6 +112,31 @@ def _check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
         raise Diverged(epoch=epoch, batch=first + 1, loss=float(batch_losses[first]))
 
 
+def smoothed_nll(log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy of log-probabilities against labels smoothed to (1 - s) * one-hot + s / classes."""
+    nll = F.nll_loss(log_probs, labels)
+    if smoothing == 0.0:
+        return nll
+    return (1.0 - smoothing) * nll - smoothing * log_probs.mean(1).mean()
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """AveragedModel's update: average <- d * average + (1 - d) * current, d = min(decay, (1 + n) / (10 + n))
+    after n updates. The warm-up keeps early averages from lingering on the random initial weights
+    (with 0.999 they would for thousands of steps). Integer buffers (BatchNorm's counts) are copied."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # a tensor, not a Python float: reading n_averaged would make every step wait for the device
+        weight = 1.0 - torch.clamp((1.0 + n_averaged) / (10.0 + n_averaged), max=decay)
+        for average, value in zip(averaged, current, strict=True):
+            if average.is_floating_point():
+                average.lerp_(value, weight.to(average.dtype))
+            else:
+                average.copy_(value)
+
+    return update
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> torch.Tensor:
     """Log-probabilities (N x classes) of `model` in eval mode for every image of `split`."""
@@ -164,7 +190,9 @@ class Trainer:
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
     first steps). precision: autocast dtype of forward passes, 'auto' for the device's default
     (fp32: none; fp16 also scales the loss). threads: torch's intra-op CPU threads (null: torch's
-    default). The device defaults are in DEVICE_DEFAULTS.
+    default). The device defaults are in device_defaults(). label_smoothing: of the training loss.
+    ema_decay: evaluate an exponential moving average of the weights (and BatchNorm statistics)
+    instead of the weights themselves (None: off).
     """
 
     def __init__(
@@ -177,6 +205,8 @@ class Trainer:
         compile: bool,
         precision: str,
         threads: int | None,
+        label_smoothing: float = 0.0,
+        ema_decay: float | None = None,
     ) -> None:
         if epochs <= 0:
             raise UserError(f"trainer.epochs={epochs} must be a positive integer")
@@ -184,6 +214,10 @@ class Trainer:
             raise UserError(f"trainer.precision={precision!r} is unknown; allowed: auto, {', '.join(PRECISIONS)}")
         if threads is not None and threads <= 0:
             raise UserError(f"trainer.threads={threads} must be a positive integer or null (torch's default)")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserError(f"trainer.label_smoothing={label_smoothing} is outside [0, 1)")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise UserError(f"trainer.ema_decay={ema_decay} must lie in (0, 1), or be null (no averaging)")
         self.epochs = epochs
         self.device = resolve_device(device)
         defaults = device_defaults(self.device)
@@ -195,6 +229,8 @@ class Trainer:
         self.eval_channels_last = defaults["eval_channels_last"] if eval_channels_last is None else eval_channels_last
         self.compile = compile
         self.threads = threads
+        self.label_smoothing = label_smoothing
+        self.ema_decay = ema_decay
 
     def setup(self, model: nn.Module) -> nn.Module:
         """Apply threads, device and memory layout to `model`; returns the module to call (compiled or not)."""
@@ -203,6 +239,12 @@ class Trainer:
         layout = torch.channels_last if self.channels_last else torch.preserve_format
         model.to(self.device, memory_format=layout)
         return torch.compile(model) if self.compile else model
+
+    def averaged(self, model: nn.Module) -> AveragedModel | None:
+        """The moving average of `model`'s weights to evaluate, when ema_decay is set."""
+        if self.ema_decay is None:
+            return None
+        return AveragedModel(model, multi_avg_fn=ema_update(self.ema_decay), use_buffers=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]
@@ -217,20 +259,24 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         prepare: Prepare,
+        ema: AveragedModel | None = None,
     ) -> Step:
-        """One SGD step per call: forward (`forward`, maybe compiled), NLL loss, backward, optimizer and scheduler."""
+        """One SGD step per call: forward (`forward`, maybe compiled), loss, backward, optimizer, scheduler
+        and the weights' moving average."""
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         def step(batch: Split) -> tuple[torch.Tensor, torch.Tensor]:
             model.train()
             with self.autocast():
                 log_probs = forward(prepare(batch.images)).float()
-            loss = F.nll_loss(log_probs, batch.labels)
+            loss = smoothed_nll(log_probs, batch.labels, self.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             correct = (log_probs.detach().argmax(1) == batch.labels).sum()
             return loss.detach() * len(batch.labels), correct
 
@@ -259,16 +305,18 @@ class Trainer:
         on_epoch_end: Callable[[EpochRecord], None],
         start_epoch: int = 1,
         check_stop: Callable[[], None] = lambda: None,
+        ema: AveragedModel | None = None,
     ) -> list[EpochRecord]:
         """Train for self.epochs epochs; after each, evaluate and hand the record to on_epoch_end.
 
         `forward` is what `setup(model)` returned (the model itself, or its compiled version).
         Epochs before `start_epoch` are taken as done (a resumed run). `check_stop` runs after
-        every batch and may raise to stop the run.
+        every batch and may raise to stop the run. With `ema` (from `averaged(model)`), the
+        average is updated every step and evaluated instead of the model.
         """
 
         prepare_train, prepare_eval = preparers(data, augmentation, generator)
-        step = self.train_step(model, forward, optimizer, scheduler, prepare_train)
+        step = self.train_step(model, forward, optimizer, scheduler, prepare_train, ema)
         history = []
         steps = n_batches(len(splits.train), data.batch_size)
         check_every = 1 if self.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
@@ -279,7 +327,7 @@ class Trainer:
             record: EpochRecord = {"epoch": epoch, "lr": lr}
             record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, check_stop)
             train_seconds = time.perf_counter() - start
-            evaluated = self.eval_model(model, forward)
+            evaluated = self.eval_model(model, forward) if ema is None else self.eval_model(ema.module, ema.module)
             for name, split in (("val", splits.val), ("test", splits.test)):
                 if split is not None:
                     loss, accuracy = self.evaluate(evaluated, split, data.eval_batch_size, prepare_eval)

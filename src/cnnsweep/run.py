@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
 from cnnsweep.artifacts import RunFolder
@@ -155,6 +156,8 @@ def _fit(
             "best": {key: summary[key] for key in ("best_checkpoint_epoch", "best_checkpoint_value")},
             "wall_time_s": clock.elapsed(),
         }
+        if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
+            state["ema"] = parts.ema.state_dict()
         if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
             folder.save_checkpoint("best", state)
         folder.save_checkpoint("last", state)
@@ -164,7 +167,7 @@ def _fit(
 
     trainer.fit(
         model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
-        start_epoch=len(history) + 1, check_stop=stop.check,
+        start_epoch=len(history) + 1, check_stop=stop.check, ema=parts.ema,
     )  # fmt: skip
 
 
@@ -202,6 +205,10 @@ def restore(
         details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])
         raise UserError(f"{path} does not match the model in the run's config: {details}") from error
     parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.ema is not None:
+        if "ema" not in state:
+            raise UserError(f"{path} holds no weight average but the run's config sets trainer.ema_decay")
+        parts.ema.load_state_dict(state["ema"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"]:
@@ -226,6 +233,7 @@ class Parts:
     data: MNISTData
     augmentation: Augmentation
     optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None  # the moving average of the weights that is evaluated, if configured
 
 
 def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
@@ -241,7 +249,7 @@ def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
         optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
     except ValueError as error:  # torch's own checks (momentum, betas, weight decay, ...)
         raise UserError(f"optimizer ({cfg.optimizer._target_}): {error}; check the optimizer.* settings") from error
-    return Parts(model, forward, trainer, data, augmentation, optimizer)
+    return Parts(model, forward, trainer, data, augmentation, optimizer, trainer.averaged(model))
 
 
 def build_scheduler(

@@ -88,6 +88,15 @@ class RotationSchema:
 
 
 @dataclass
+class AffineSchema:
+    _target_: str = MISSING
+    degrees: float = MISSING
+    translate: float = MISSING
+    scale: list[float] = MISSING
+    interpolation: str = MISSING
+
+
+@dataclass
 class NoAugmentationSchema:
     _target_: str = MISSING
 
@@ -118,6 +127,8 @@ class TrainerSchema:
     compile: bool = MISSING
     precision: str = MISSING
     threads: Optional[int] = MISSING
+    label_smoothing: float = MISSING
+    ema_decay: Optional[float] = MISSING
 
 
 @dataclass
@@ -144,7 +155,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"convnet": ConvNetSchema},
     "optimizer": {"sgd": SGDSchema, "adamw": AdamWSchema},
     "scheduler": {"step": StepSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema},
-    "augmentation": {"rotation": RotationSchema, "none": NoAugmentationSchema},
+    "augmentation": {"rotation": RotationSchema, "affine": AffineSchema, "none": NoAugmentationSchema},
     "data": {"mnist": MNISTSchema},
     "trainer": {"trainer": TrainerSchema},
 }

@@ -155,3 +155,23 @@ def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_
     result = module("evaluate", edited)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "the checkpoint does not match the model in" in result.stderr and "size mismatch" in result.stderr
+
+
+def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
+    from cnnsweep.report import format_seed_groups, seed_groups
+
+    def row(overrides, test_acc, state="completed"):
+        return {"state": state, "overrides": overrides, "test_acc": test_acc, "value": test_acc, "duration_s": 10.0}
+
+    rows = [
+        row(["experiment=fast", "seed=0"], 0.9940),
+        row(["experiment=fast", "seed=1"], 0.9950),
+        row(["experiment=fast", "seed=2"], 0.9930),
+        row(["experiment=fast", "seed=3"], None, state="interrupted"),  # unfinished runs do not count
+        row(["experiment=tiny", "seed=0"], 0.9900),  # a single seed is no spread
+        row(["optimizer.lr=0.1"], 0.9800),
+    ]
+    [group] = seed_groups(rows)
+    assert group["recipe"] == "experiment=fast" and group["seeds"] == ["0", "1", "2"]
+    assert group["test_acc_mean"] == pytest.approx(0.9940) and group["test_acc_std"] == pytest.approx(0.0010)
+    assert "experiment=fast  seeds 0,1,2: test_acc 99.40% +- 0.10" in format_seed_groups([group])

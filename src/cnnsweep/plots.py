@@ -91,6 +91,9 @@ def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
             warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
             axes = plot(study)
         first = axes.flat[0] if hasattr(axes, "flat") else axes
+        if name == "intermediate_values.png":
+            for line in first.get_lines():  # optuna draws lines only: a trial pruned after one epoch was invisible
+                line.set_marker("o")
         written.append(save_figure(first.figure, folder / name))
     return written
 

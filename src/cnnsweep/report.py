@@ -1,11 +1,12 @@
 """Tables and plots of finished work: `python -m cnnsweep.report PATH`.
 
 PATH is a run folder, a sweep folder, or any tree of them (outputs/, multirun/). The command prints
-one table of every run found (objective, test accuracy, parameters, epochs, duration, state and
-the overrides that tell the runs apart, best first) and, for each sweep, its trials by state and
-its best trial. It writes PNGs beside the data: learning_curves.png in each run folder; for each
-sweep, Optuna's plots (optimisation history, intermediate values, objective against each
-parameter, parameter importances) and accuracy against parameter count.
+one table of every run found (objective, test accuracy, parameters, epochs, duration, state and the
+overrides that tell the runs apart, best first), the mean and spread of runs that differ only in
+their seed, and, for each sweep, its trials by state and its best trial. It writes PNGs beside the
+data: learning_curves.png in each run folder; for each sweep, Optuna's plots (optimisation history,
+intermediate values, objective against each parameter, parameter importances) and accuracy against
+parameter count.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +72,40 @@ def mark_distinguishing(rows: list[dict[str, Any]]) -> None:
     varying = sorted(key for key in keys if len({overrides.get(key) for overrides in parsed}) > 1)
     for row, overrides in zip(rows, parsed, strict=True):
         row["overrides"] = " ".join(f"{key}={overrides[key]}" for key in varying if key in overrides)
+
+
+def seed_groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed runs that differ only in `seed`, with the mean and sample standard deviation of
+    their final test accuracy and objective value (from rows with their full override lists)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["state"] == "completed" and any(o.startswith("seed=") for o in row["overrides"]):
+            recipe = tuple(sorted(o for o in row["overrides"] if not o.startswith("seed=")))
+            groups.setdefault(recipe, []).append(row)
+    summaries = []
+    for recipe, members in groups.items():
+        seeds = sorted(o.split("=", 1)[1] for row in members for o in row["overrides"] if o.startswith("seed="))
+        if len(set(seeds)) < 2:
+            continue
+        summary = {"recipe": " ".join(recipe), "seeds": seeds, "n_runs": len(members)}
+        for column in ("test_acc", "value"):
+            values = [row[column] for row in members if row[column] is not None]
+            summary[f"{column}_mean"] = statistics.fmean(values) if values else None
+            summary[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        summary["duration_s_mean"] = statistics.fmean(row["duration_s"] or 0.0 for row in members)
+        summaries.append(summary)
+    return summaries
+
+
+def format_seed_groups(groups: Sequence[dict[str, Any]]) -> str:
+    lines = ["over seeds (runs that differ only in seed; mean +- sample std of the final epoch):"]
+    for group in groups:
+        lines.append(
+            f"  {group['recipe'] or '(defaults)'}  seeds {','.join(group['seeds'])}: test_acc "
+            f"{100 * group['test_acc_mean']:.2f}% +- {100 * (group['test_acc_std'] or 0):.2f}, "
+            f"mean {group['duration_s_mean']:.0f} s per run"
+        )
+    return "\n".join(lines)
 
 
 def sort_best_first(rows: list[dict[str, Any]]) -> None:
@@ -194,8 +230,11 @@ def format_sweep(sweep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build(root: Path) -> tuple[list[RunFolder], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Runs, their table rows (best first) and sweep reports under root; refuses an empty or unfinished PATH."""
+def build(
+    root: Path,
+) -> tuple[list[RunFolder], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Runs, their table rows (best first), sweep reports and seed groups under root; refuses an
+    empty or unfinished PATH."""
     if not root.exists():
         raise UserError(f"{root} does not exist; give a run folder, a sweep folder, or outputs/ or multirun/")
     runs = find_runs(root)
@@ -212,9 +251,10 @@ def build(root: Path) -> tuple[list[RunFolder], list[dict[str, Any]], list[dict[
             "first epoch ended, or is still starting"
         )
     rows = [run_row(folder) for folder in runs]
+    groups = seed_groups(rows)
     mark_distinguishing(rows)
     sort_best_first(rows)
-    return runs, rows, sweeps
+    return runs, rows, sweeps, groups
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,20 +264,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="print only; write no PNG files")
     args = parser.parse_args(argv)
     try:
-        runs, rows, sweeps = build(args.path)
+        runs, rows, sweeps, groups = build(args.path)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     plots = [] if args.no_plots else write_plots(runs, sweeps)
     sweep_info = [{k: v for k, v in sweep.items() if k not in ("rows", "study")} for sweep in sweeps]
     if args.format == "json":
-        print(json.dumps({"runs": rows, "sweeps": sweep_info, "plots": [str(p) for p in plots]}, indent=2))
+        output = {"runs": rows, "sweeps": sweep_info, "seed_groups": groups, "plots": [str(p) for p in plots]}
+        print(json.dumps(output, indent=2))
     elif args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=["best", *COLUMNS], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
         print(format_table(rows))
+        if groups:
+            print()
+            print(format_seed_groups(groups))
         for sweep in sweeps:
             print()
             print(format_sweep(sweep))

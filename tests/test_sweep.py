@@ -239,3 +239,14 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
         assert float(row["value"]) == summary["objective_value"] and int(row["n_params"]) == 18_970
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["name"] == "grid" and best["best_trial"] in (0, 1)
+
+
+def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_after(tmp_path):
+    from cnnsweep.results import folder_rows
+
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a job that has not built its model yet
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- model.dropout=0.1\n")
+    [during], _ = folder_rows(tmp_path, in_flight=True)
+    [after], _ = folder_rows(tmp_path)
+    assert (during["state"], during["reason"]) == ("RUNNING", "starting")
+    assert after["state"] == "FAIL" and after["reason"].startswith("no summary.json")

@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,16 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
             distributions[name] = IntUniformDistribution(low, high) if is_int else UniformDistribution(low, high)
         else:
             distributions[name] = CategoricalDistribution(sorted(set(seen), key=str))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
     study = optuna.create_study(direction=direction)
-    for index, row in enumerate(finished):
-        params = {name: values[name][index] for name in names}
-        state = optuna.trial.TrialState[row["state"]]
-        value = row["value"] if state == optuna.trial.TrialState.COMPLETE else None
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value, state=state))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # add_trial, create_trial
+        for index, row in enumerate(finished):
+            params = {name: values[name][index] for name in names}
+            state = optuna.trial.TrialState[row["state"]]
+            value = row["value"] if state == optuna.trial.TrialState.COMPLETE else None
+            trial = optuna.trial.create_trial(params=params, distributions=distributions, value=value, state=state)
+            study.add_trial(trial)
     return study if finished else None
 
 

@@ -115,8 +115,12 @@ def study_rows(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], dic
     return rows, overrides
 
 
-def folder_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
-    """Rows (and task overrides) of the numbered job folders of a Hydra sweep."""
+def folder_rows(sweep_dir: Path, in_flight: bool = False) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+    """Rows (and task overrides) of the numbered job folders of a Hydra sweep.
+
+    A job folder without summary.json is a job still starting while the sweep is `in_flight`, and a
+    job that died before building its model once the sweep has ended.
+    """
     rows, overrides = [], {}
     for run_dir in sorted(sweep_dir.iterdir()):
         folder = RunFolder(run_dir)
@@ -129,6 +133,8 @@ def folder_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[int, list[s
         if summary is not None:
             state, value = STATE_OF_STATUS.get(summary["status"], "FAIL"), summary.get("objective_value")
             facts = facts_from_summary(summary, run_dir)
+        elif in_flight:
+            state, value, facts = "RUNNING", None, {"run_dir": str(run_dir), "reason": "starting"}
         else:
             state, value = "FAIL", None
             facts = {
@@ -150,17 +156,17 @@ class SweepTable(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        self._write(config)
+        self._write(config, in_flight=True)  # other jobs may be running side by side
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(config)
+        self._write(config, in_flight=False)
 
-    def _write(self, config: DictConfig) -> None:
+    def _write(self, config: DictConfig, in_flight: bool) -> None:
         hydra_cfg = config.hydra
         if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.sweeper.get("study_name") is not None:
             return  # a single run, or an Optuna sweep (which has a study)
         sweep_dir = Path(hydra_cfg.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows, overrides = folder_rows(sweep_dir)
+        rows, overrides = folder_rows(sweep_dir, in_flight)
         write_results(sweep_dir, rows, overrides, direction_of(config.objective), {"name": "grid"})

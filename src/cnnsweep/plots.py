@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -139,7 +140,7 @@ def digit_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: in
     for index, cell in enumerate(axes.flat):
         cell.axis("off")
         if index < len(images):
-            cell.imshow(images[index][0], cmap="gray_r")
+            cell.imshow(np.asarray(images[index][0]), cmap="gray_r")  # torch tensors warn in matplotlib
             cell.set_title(f"{int(labels[index])} → {int(predicted[index])}", fontsize=8, color="tab:red")
     figure.suptitle(f"misclassified test digits (true → predicted), first {len(images)}", fontsize=10)
     return save_figure(figure, path)

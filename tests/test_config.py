@@ -9,6 +9,7 @@ from cnnsweep.augment import NoAugmentation, RandomAffine, RandomRotation
 from cnnsweep.data import MNISTData
 from cnnsweep.loop import Trainer
 from cnnsweep.model import check_budget, count_parameters
+from cnnsweep.schema import compose_config
 
 from conftest import CONF, compose_train
 
@@ -94,7 +95,12 @@ def test_a_misspelt_key_inside_a_yaml_file_is_refused(tmp_path):
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 # recipe -> (most parameters, most epochs) that its target allows
-RECIPE_LIMITS = {"fast": (20_000, 4), "best": (20_000, 20), "tiny": (8_000, 15)}
+RECIPE_LIMITS = {
+    "seed_tuned": (18_970, 19),
+    "fast": (20_000, 4),
+    "best": (20_000, 20),
+    "tiny": (8_000, 15),
+}
 
 
 def test_the_recipes_exist():
@@ -111,3 +117,17 @@ def test_every_recipe_composes_and_keeps_within_its_limits(name):
     max_params, max_epochs = RECIPE_LIMITS.get(name, (20_000, None))
     assert n_params <= max_params and (max_epochs is None or cfg.trainer.epochs <= max_epochs)
     assert cfg.data.val_size == 0  # recipes are measured on the test set after training on all 60,000
+
+
+def test_seed_tuned_changes_only_what_its_sweep_searched():
+    seed, tuned = compose_train([]), compose_train(["experiment=seed_tuned"])
+    search = compose_config(["hparams_search=lr_gamma_dropout"], with_hydra=True)
+    searched = set(search.hydra.sweeper.params)
+    changed = {
+        f"{group}.{key}"
+        for group in ("model", "optimizer", "scheduler", "augmentation", "data", "trainer")
+        for key in seed[group]
+        if seed[group][key] != tuned[group][key]
+    }
+    assert changed == searched  # the seed's network, schedule length, data and loop; new lr, gamma, dropout
+    assert count_parameters(instantiate(tuned.model, _convert_="all")) == 18_970

@@ -1,0 +1,53 @@
+"""README's Recipes table says what the metrics.csv files in results/ measured."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+
+import pytest
+
+from conftest import REPO, compose_train
+
+RESULTS = REPO / "results" / "recipes"
+RECIPES = sorted(path.name for path in RESULTS.iterdir() if path.is_dir() and path.name != "fast_batch128")
+
+
+def final_epochs(recipe: str) -> list[dict[str, str]]:
+    """The last metrics.csv row of each seed's run, in seed order."""
+    finals = []
+    for path in sorted((RESULTS / recipe).glob("seed*.metrics.csv")):
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
+        finals.append(rows[-1])
+    return finals
+
+
+def readme_row(recipe: str) -> str:
+    label = "seed recipe (defaults)" if recipe == "seed_recipe" else f"`experiment={recipe}`"
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, f"README's Recipes table has {len(rows)} rows for {label}"
+    return rows[0]
+
+
+def test_every_recipe_in_the_table_has_its_runs():
+    assert {"seed_recipe", "seed_tuned", "fast", "best", "tiny"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_readme_row_is_the_mean_and_std_of_three_seeds(recipe):
+    finals = final_epochs(recipe)
+    assert len(finals) == 3 and len({row["epoch"] for row in finals}) == 1
+    accuracies = [100 * float(row["test_acc"]) for row in finals]
+    mean, std = statistics.mean(accuracies), statistics.stdev(accuracies)
+    seeds = ", ".join(f"{accuracy:.2f}" for accuracy in accuracies)
+    row = readme_row(recipe).replace("**", "")
+    assert f"{mean:.2f} ± {std:.2f} ({seeds})" in row
+    assert f" | {finals[0]['epoch']} | " in row  # the epochs column
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_shipped_recipe_runs_as_long_as_the_measured_one(recipe):
+    cfg = compose_train([] if recipe == "seed_recipe" else [f"experiment={recipe}"])
+    assert {int(row["epoch"]) for row in final_epochs(recipe)} == {cfg.trainer.epochs}

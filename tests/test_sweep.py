@@ -14,6 +14,8 @@ import optuna
 import pytest
 import yaml
 
+from cnnsweep.results import folder_rows
+
 from conftest import REPO
 
 
@@ -242,8 +244,6 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
 
 
 def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_after(tmp_path):
-    from cnnsweep.results import folder_rows
-
     (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a job that has not built its model yet
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- model.dropout=0.1\n")
     [during], _ = folder_rows(tmp_path, in_flight=True)

@@ -78,7 +78,7 @@ def test_report_of_a_grid_sweep_lists_every_run_best_first_with_plots(grid_sweep
         values.append(run["objective_value"])
     assert values == sorted(values, reverse=True)
     assert runs[0].startswith("*") and not any(line.startswith("*") for line in runs[1:])
-    assert "(grid sweep, maximize): 4 trials: COMPLETE 4" in result.stdout
+    assert "(grid sweep, maximize val_acc): 4 trials: COMPLETE 4" in result.stdout
     for name in ("optimization_history.png", "slice.png", "param_importances.png", "accuracy_vs_params.png"):
         assert_png(grid_sweep / name)
     for number in range(4):

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError
 from cnnsweep.loop import evaluate
-from cnnsweep.run import resolve_objective, train
+from cnnsweep.objectives import resolve_objective
+from cnnsweep.run import train
 
 from conftest import REPO, compose_train, tiny_overrides
 

@@ -144,3 +144,50 @@ def digit_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: in
             cell.set_title(f"{int(labels[index])} → {int(predicted[index])}", fontsize=8, color="tab:red")
     figure.suptitle(f"misclassified test digits (true → predicted), first {len(images)}", fontsize=10)
     return save_figure(figure, path)
+
+
+def pareto_front(
+    rows: Sequence[dict[str, Any]],
+    front: Sequence[dict[str, Any]],
+    objectives: Sequence[str],
+    directions: Sequence[str],
+    max_params: int | None,
+    path: Path,
+) -> Path:
+    """A multi-objective sweep's trials in its first two objectives, the Pareto front highlighted.
+
+    The parameter count (if an objective) goes on the x axis, with the budget as a vertical line;
+    accuracies are drawn in percent.
+    """
+    x_name, y_name = objectives[1], objectives[0]
+    if x_name != "n_params" and "n_params" in objectives[:2]:
+        x_name, y_name = y_name, x_name
+
+    def scale(name: str, value: float) -> float:
+        return 100 * value if name.endswith("_acc") else value
+
+    def points(chosen: Sequence[dict[str, Any]], name: str) -> list[float]:
+        return [scale(name, row[f"value_{name}"]) for row in chosen]
+
+    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get(f"value_{x_name}") is not None]
+    ordered = sorted(front, key=lambda row: row[f"value_{x_name}"])
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.scatter(points(complete, x_name), points(complete, y_name), color="tab:gray", alpha=0.6, label="trials")
+    axes.step(points(ordered, x_name), points(ordered, y_name), where="post", color="tab:red", alpha=0.5)
+    axes.scatter(points(ordered, x_name), points(ordered, y_name), color="tab:red", zorder=3, label="Pareto front")
+    for row in ordered:
+        axes.annotate(
+            str(row["number"]), (scale(x_name, row[f"value_{x_name}"]), scale(y_name, row[f"value_{y_name}"])),
+            textcoords="offset points", xytext=(4, 4), fontsize=7,
+        )  # fmt: skip
+    if max_params is not None and x_name == "n_params":
+        axes.axvline(max_params, color="tab:blue", linestyle="--", label=f"budget ({max_params:,})")
+    arrows = {name: "↑" if d == "maximize" else "↓" for name, d in zip(objectives, directions, strict=True)}
+    axes.set(
+        xlabel=f"{x_name} ({arrows[x_name]} better)",
+        ylabel=f"{y_name}{' (%)' if y_name.endswith('_acc') else ''} ({arrows[y_name]} better)",
+        title=f"Pareto front: {y_name} against {x_name}",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save_figure(figure, path)

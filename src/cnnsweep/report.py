@@ -27,7 +27,17 @@ import yaml
 
 from cnnsweep.artifacts import RunFolder, parse_value, read_csv
 from cnnsweep.errors import UserError
-from cnnsweep.results import BEST_FILE, FACTS, TRIALS_FILE, best_row, direction_of, folder_rows, study_rows
+from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of
+from cnnsweep.results import (
+    BEST_FILE,
+    TRIALS_FILE,
+    best_row,
+    folder_rows,
+    pareto_rows,
+    row_params,
+    study_rows,
+    sweep_objectives,
+)
 
 COLUMNS = ("run", "state", "objective", "value", "test_acc", "n_params", "epochs", "duration_s", "overrides")
 
@@ -115,7 +125,7 @@ def sort_best_first(rows: list[dict[str, Any]]) -> None:
     def key(row: dict[str, Any]) -> tuple[int, float]:
         if row["state"] != "completed" or row["value"] is None:
             return (1, 0.0)
-        sign = -1 if direction_of(row["objective"]) == "maximize" else 1
+        sign = -1 if direction_of(row["objective"]) == MAXIMIZE else 1
         return (0, sign * row["value"])
 
     rows.sort(key=key)
@@ -124,31 +134,36 @@ def sort_best_first(rows: list[dict[str, Any]]) -> None:
 
 
 def sweep_report(sweep_dir: Path) -> dict[str, Any]:
-    """A sweep's trial rows, counts by state, best row and (if it has one) its Optuna study."""
-    settings = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()).get("hydra", {}).get("sweeper", {})
-    study_name, direction = settings.get("study_name"), settings.get("direction", "maximize")
+    """A sweep's trial rows, counts by state, best row or Pareto front and (if it has one) its Optuna study."""
+    config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+    study_name = config.get("hydra", {}).get("sweeper", {}).get("study_name")
+    objectives = sweep_objectives(config)
+    directions = [direction_of(name) for name in objectives]
     study = None
     if study_name and (sweep_dir / "optuna.db").is_file():
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-        rows, _ = study_rows(study.trials)
+        directions = [direction.name.lower() for direction in study.directions]
+        rows, _ = study_rows(study.trials, objectives)
     elif study_name and (sweep_dir / TRIALS_FILE).is_file():  # a study in a remote database
         rows = read_csv(sweep_dir / TRIALS_FILE)
     else:
-        rows, _ = folder_rows(sweep_dir)
-        objectives = {(RunFolder(Path(row["run_dir"])).read_summary() or {}).get("objective") for row in rows}
-        direction = direction_of(objectives.pop() if len(objectives) == 1 else "auto")
+        rows, _ = folder_rows(sweep_dir, objectives)
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
+    several = len(objectives) > 1
     return {
         "sweep": str(sweep_dir),
         "study_name": study_name,
-        "direction": direction,
+        "objectives": objectives,
+        "directions": directions,
+        "max_params": (config.get("budget") or {}).get("max_params"),
         "n_trials": len(rows),
         "trials_by_state": states,
-        "best": best_row(rows, direction),
+        "best": None if several else best_row(rows, directions[0]),
+        "pareto_front": pareto_rows(rows, objectives, directions) if several else None,
         "rows": rows,
-        "study": study if study is not None else rows_study(rows, direction),
+        "study": None if several else study if study is not None else rows_study(rows, directions[0]),
     }
 
 
@@ -157,7 +172,7 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
     from optuna.distributions import CategoricalDistribution, IntUniformDistribution, UniformDistribution
 
     finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED", "FAIL")]
-    names = sorted({key for row in finished for key in row if key not in ("number", "state", "value", *FACTS)})
+    names = sorted({key for row in finished for key in row_params(row)})
     values = {name: [parse_value(row.get(name)) for row in finished] for name in names}
     distributions = {}
     for name, seen in values.items():
@@ -193,6 +208,13 @@ def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> 
         sweep_dir = Path(sweep["sweep"])
         if sweep["study"] is not None:
             written += plots.study_plots(sweep["study"], sweep_dir)
+        if sweep["pareto_front"]:
+            written.append(
+                plots.pareto_front(
+                    sweep["rows"], sweep["pareto_front"], sweep["objectives"], sweep["directions"],
+                    sweep["max_params"] if N_PARAMS in sweep["objectives"] else None, sweep_dir / "pareto_front.png",
+                )
+            )  # fmt: skip
         if any(row["state"] == "COMPLETE" and row.get("n_params") for row in sweep["rows"]):
             written.append(plots.accuracy_vs_params(sweep["rows"], sweep_dir / "accuracy_vs_params.png"))
     return written
@@ -211,17 +233,20 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
-    if column in ("value", "test_acc") and isinstance(value, float):
+    if column == N_PARAMS and isinstance(value, (int, float)):
+        return f"{value:,.0f}"
+    if (column == "value" or column.endswith(("_acc", "_loss"))) and isinstance(value, float):
         return f"{value:.4f}"
-    if column == "n_params":
-        return f"{value:,}"
+    if column == TRAIN_SECONDS and isinstance(value, float):
+        return f"{value:.1f}"
     return str(value)
 
 
 def format_sweep(sweep: dict[str, Any]) -> str:
     states = ", ".join(f"{state} {count}" for state, count in sorted(sweep["trials_by_state"].items()))
     kind = f"Optuna study {sweep['study_name']!r}" if sweep["study_name"] else "grid sweep"
-    lines = [f"sweep {sweep['sweep']} ({kind}, {sweep['direction']}): {sweep['n_trials']} trials: {states}"]
+    aims = ", ".join(f"{d} {o}" for o, d in zip(sweep["objectives"], sweep["directions"], strict=True))
+    lines = [f"sweep {sweep['sweep']} ({kind}, {aims}): {sweep['n_trials']} trials: {states}"]
     best = sweep["best"]
     if best is not None:
         test_acc = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "-"
@@ -229,9 +254,16 @@ def format_sweep(sweep: dict[str, Any]) -> str:
             f"  best: trial {best['number']}, value {best['value']:.4f}, test_acc {test_acc}, "
             f"{best.get('n_params') or 0:,} params, {best.get('run_dir')}"
         )
-    best_file = Path(sweep["sweep"]) / BEST_FILE
-    if best_file.is_file() and (command := yaml.safe_load(best_file.read_text()).get("best_command")):
+    results_file = Path(sweep["sweep"]) / BEST_FILE
+    results = yaml.safe_load(results_file.read_text()) if results_file.is_file() else {}
+    if best is not None and (command := results.get("best_command")):
         lines.append(f"  rerun: {command}")
+    if sweep["pareto_front"]:
+        lines.append(f"  Pareto front ({len(sweep['pareto_front'])} trials, best {sweep['objectives'][0]} first):")
+        for row in sweep["pareto_front"]:
+            values = ", ".join(f"{name} {_cell(name, row[f'value_{name}'])}" for name in sweep["objectives"])
+            test_acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
+            lines.append(f"    trial {row['number']}: {values}, test_acc {test_acc}, {row.get('run_dir')}")
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
 Optuna sweeps build the rows from the study (every worker sees every trial); Hydra's plain grid
 sweeps build them from the run folders, through the `SweepTable` callback. Both write the same
-columns: number, state, value, the parameters, then n_params, epochs_run, duration_s, test_acc,
-run_dir and reason.
+columns: number, state, value (the first objective's), one `value_<objective>` column per objective
+when there are several, the parameters, then n_params, epochs_run, duration_s, test_acc, run_dir
+and reason. A single-objective sweep's results name its best trial; a multi-objective sweep's name
+its Pareto front: the trials no other trial beats in every objective.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.artifacts import RunFolder, write_csv, write_text
+from cnnsweep.objectives import MAXIMIZE, N_PARAMS, direction_of, resolve_objectives
 from cnnsweep.study import REQUEUED, SURPLUS
 
 TRIALS_FILE = "trials.csv"
@@ -50,57 +53,128 @@ def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]
     }
 
 
+def value_columns(objectives: Sequence[str]) -> list[str]:
+    """The table's columns of objective values: `value`, and `value_<name>` for each of several objectives."""
+    return ["value"] if len(objectives) == 1 else ["value", *(f"value_{name}" for name in objectives)]
+
+
 def table_row(
-    number: int, state: str, value: float | None, params: dict[str, Any], facts: dict[str, Any]
+    number: int,
+    state: str,
+    values: Sequence[float] | None,
+    objectives: Sequence[str],
+    params: dict[str, Any],
+    facts: dict[str, Any],
 ) -> dict[str, Any]:
-    return {"number": number, "state": state, "value": value, **params, **{k: facts.get(k) for k in FACTS}}
+    """One trial's row; `values` (one per objective) only for a COMPLETE trial."""
+    row: dict[str, Any] = {"number": number, "state": state, "value": values[0] if values else None}
+    if len(objectives) > 1:
+        row |= {f"value_{name}": _exact(name, values[i]) if values else None for i, name in enumerate(objectives)}
+    return {**row, **params, **{k: facts.get(k) for k in FACTS}}
+
+
+def _exact(objective: str, value: float | None) -> float | int | None:
+    """Optuna stores values as floats: a parameter count reads back as the integer it is."""
+    return int(value) if objective == N_PARAMS and value is not None else value
+
+
+def row_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The swept parameters of a table row."""
+    return {
+        k: v for k, v in row.items() if k not in ("number", "state", "value", *FACTS) and not k.startswith("value_")
+    }
+
+
+def row_values(row: dict[str, Any], objectives: Sequence[str]) -> list[float]:
+    return [row["value"]] if len(objectives) == 1 else [row[f"value_{name}"] for name in objectives]
+
+
+def complete_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in rows if row["state"] == "COMPLETE" and row["value"] is not None]
 
 
 def best_row(rows: Sequence[dict[str, Any]], direction: str) -> dict[str, Any] | None:
-    complete = [row for row in rows if row["state"] == "COMPLETE" and row["value"] is not None]
+    complete = complete_rows(rows)
     if not complete:
         return None
-    pick = max if direction == "maximize" else min
+    pick = max if direction == MAXIMIZE else min
     return pick(complete, key=lambda row: row["value"])
+
+
+def pareto_rows(
+    rows: Sequence[dict[str, Any]], objectives: Sequence[str], directions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The COMPLETE rows that no other COMPLETE row dominates (as good in every objective, better in one),
+    sorted by the first objective, best first."""
+    signs = [1 if direction == MAXIMIZE else -1 for direction in directions]
+    scored = [
+        (row, [sign * value for sign, value in zip(signs, row_values(row, objectives), strict=True)])
+        for row in complete_rows(rows)
+    ]
+
+    def dominated(scores: list[float]) -> bool:
+        return any(all(o >= s for o, s in zip(other, scores, strict=True)) and other != scores for _, other in scored)
+
+    front = [row for row, scores in scored if not dominated(scores)]
+    return sorted(front, key=lambda row: (-signs[0] * row["value"], row["number"]))
 
 
 def write_results(
     sweep_dir: Path,
     rows: Sequence[dict[str, Any]],
     overrides: dict[int, list[str]],
-    direction: str,
+    objectives: Sequence[str],
+    directions: Sequence[str],
     header: dict[str, Any],
-) -> dict[str, Any] | None:
-    """Write trials.csv and optimization_results.yaml into sweep_dir; return the best row.
+) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """Write trials.csv and optimization_results.yaml into sweep_dir.
 
-    `overrides` maps a trial number to the task overrides its job ran with, so the best trial
-    can be rerun by pasting `best_command`.
+    Returns the best row of a single-objective sweep (None before any trial completed), or the
+    Pareto front's rows of a multi-objective one. `overrides` maps a trial number to the task
+    overrides its job ran with, so each trial named can be rerun by pasting its command.
     """
     rows = sorted(rows, key=lambda row: row["number"])
     write_csv(sweep_dir / TRIALS_FILE, rows)
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
-    best = best_row(rows, direction)
-    results: dict[str, Any] = {**header, "direction": direction, "n_trials_by_state": states}
-    if best is not None:
-        params = {k: v for k, v in best.items() if k not in ("number", "state", "value", *FACTS)}
-        best_overrides = overrides.get(best["number"], [])
-        results |= {
-            "best_trial": best["number"],
-            "best_value": best["value"],
-            "best_params": params,
-            "best_test_acc": best["test_acc"],
-            "best_n_params": best["n_params"],
-            "best_run_dir": best["run_dir"],
-            "best_overrides": list(best_overrides),
-            "best_command": shlex.join(["python", "train.py", *best_overrides]),
-        }
+    results: dict[str, Any] = {**header}
+    if len(objectives) == 1:
+        results |= {"objective": objectives[0], "direction": directions[0], "n_trials_by_state": states}
+        best = best_row(rows, directions[0])
+        if best is not None:
+            results |= {f"best_{key}": item for key, item in trial_entry(best, objectives, overrides).items()}
+            results["best_trial"] = results.pop("best_number")
+    else:
+        results |= {"objectives": list(objectives), "directions": list(directions), "n_trials_by_state": states}
+        best = pareto_rows(rows, objectives, directions)
+        results["pareto_front"] = [trial_entry(row, objectives, overrides) for row in best]
     write_text(sweep_dir / BEST_FILE, yaml.safe_dump(results, sort_keys=False))
     return best
 
 
-def study_rows(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+def trial_entry(row: dict[str, Any], objectives: Sequence[str], overrides: dict[int, list[str]]) -> dict[str, Any]:
+    """What optimization_results.yaml says of one trial: its values, facts and the command that reruns it."""
+    entry: dict[str, Any] = {"number": row["number"]}
+    if len(objectives) == 1:
+        entry["value"] = row["value"]
+    else:
+        entry["values"] = dict(zip(objectives, row_values(row, objectives), strict=True))
+    rerun = list(overrides.get(row["number"], []))
+    entry |= {
+        "params": row_params(row),
+        "test_acc": row["test_acc"],
+        "n_params": row["n_params"],
+        "run_dir": row["run_dir"],
+        "overrides": rerun,
+        "command": shlex.join(["python", "train.py", *rerun]),
+    }
+    return entry
+
+
+def study_rows(
+    trials: Sequence[FrozenTrial], objectives: Sequence[str]
+) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
     """Rows (and task overrides) of an Optuna study's trials, leaving out never-run surplus trials."""
     rows, overrides = [], {}
     for trial in trials:
@@ -109,13 +183,15 @@ def study_rows(trials: Sequence[FrozenTrial]) -> tuple[list[dict[str, Any]], dic
         facts = dict(trial.user_attrs)
         if trial.datetime_start and trial.datetime_complete and not trial.user_attrs.get(REQUEUED):
             facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        rows.append(table_row(trial.number, trial.state.name, value, dict(trial.params), facts))
+        values = trial.values if trial.state == TrialState.COMPLETE else None
+        rows.append(table_row(trial.number, trial.state.name, values, objectives, dict(trial.params), facts))
         overrides[trial.number] = list(trial.user_attrs.get(OVERRIDES, []))
     return rows, overrides
 
 
-def folder_rows(sweep_dir: Path, in_flight: bool = False) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+def folder_rows(
+    sweep_dir: Path, objectives: Sequence[str], in_flight: bool = False
+) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
     """Rows (and task overrides) of the numbered job folders of a Hydra sweep.
 
     A job folder without summary.json is a job still starting while the sweep is `in_flight`, and a
@@ -130,23 +206,29 @@ def folder_rows(sweep_dir: Path, in_flight: bool = False) -> tuple[list[dict[str
         overrides[number] = folder.read_overrides()
         params = dict(override.split("=", 1) for override in overrides[number] if "=" in override)
         summary = folder.read_summary()
+        values = None
         if summary is not None:
-            state, value = STATE_OF_STATUS.get(summary["status"], "FAIL"), summary.get("objective_value")
+            state = STATE_OF_STATUS.get(summary["status"], "FAIL")
+            found = summary.get("objectives") or {summary.get("objective"): summary.get("objective_value")}
+            if state == "COMPLETE":
+                values = [found.get(name) for name in objectives]
             facts = facts_from_summary(summary, run_dir)
         elif in_flight:
-            state, value, facts = "RUNNING", None, {"run_dir": str(run_dir), "reason": "starting"}
+            state, facts = "RUNNING", {"run_dir": str(run_dir), "reason": "starting"}
         else:
-            state, value = "FAIL", None
+            state = "FAIL"
             facts = {
                 "run_dir": str(run_dir),
                 "reason": "no summary.json: the job stopped before its model was built",
             }
-        rows.append(table_row(number, state, value if state == "COMPLETE" else None, params, facts))
+        rows.append(table_row(number, state, values, objectives, params, facts))
     return rows, overrides
 
 
-def direction_of(objective: str) -> str:
-    return "maximize" if objective.endswith("_acc") or objective == "auto" else "minimize"
+def sweep_objectives(config: DictConfig | dict[str, Any]) -> list[str]:
+    """The objectives a sweep's composed config (or its multirun.yaml) asks for."""
+    val_size = (config.get("data") or {}).get("val_size", 0)
+    return resolve_objectives(config.get("objective", "auto"), val_size)
 
 
 class SweepTable(Callback):
@@ -168,5 +250,7 @@ class SweepTable(Callback):
         sweep_dir = Path(hydra_cfg.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows, overrides = folder_rows(sweep_dir, in_flight)
-        write_results(sweep_dir, rows, overrides, direction_of(config.objective), {"name": "grid"})
+        objectives = sweep_objectives(config)
+        rows, overrides = folder_rows(sweep_dir, objectives, in_flight)
+        directions = [direction_of(name) for name in objectives]
+        write_results(sweep_dir, rows, overrides, objectives, directions, {"name": "grid"})

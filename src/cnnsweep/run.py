@@ -26,29 +26,12 @@ from cnnsweep.data import MNISTData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
 from cnnsweep.model import check_budget, count_parameters
+from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
 from cnnsweep.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 VERSIONED_PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "optuna", "numpy")
-
-
-def resolve_objective(name: str, val_size: int) -> str:
-    """`auto` -> val_acc with a validation split, else test_acc; other names are checked."""
-    if name == "auto":
-        return "val_acc" if val_size > 0 else "test_acc"
-    if name not in METRICS:
-        raise UserError(f"objective={name!r} is unknown; allowed: auto, {', '.join(METRICS)}")
-    if name.startswith("val_") and val_size <= 0:
-        raise UserError(f"objective={name} needs a validation split: set data.val_size > 0")
-    return name
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value > best if metric.endswith("_acc") else value < best
 
 
 class Reporter(Protocol):
@@ -57,8 +40,11 @@ class Reporter(Protocol):
     def report(self, epoch: int, value: float, last: bool) -> None: ...
 
 
-def train(cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> float:
-    """Train the configured model, write the run's artifacts into run_dir, return the objective.
+def train(
+    cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None, resume: bool = False
+) -> float | list[float]:
+    """Train the configured model, write the run's artifacts into run_dir, return the objective
+    (a list of values, one per objective, when `cfg.objective` names several).
 
     With resume, continue from run_dir's last checkpoint (its epoch, weights, optimizer and
     scheduler state, random number generators and data order). summary.json records how the
@@ -66,18 +52,21 @@ def train(cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None, resu
     once the model is built. SIGINT/SIGTERM stop it after the current batch (Interrupted).
     """
     clock = Clock()
-    objective = resolve_objective(cfg.objective, cfg.data.val_size)
+    objectives = resolve_objectives(cfg.objective, cfg.data.val_size)
     torch.manual_seed(cfg.seed)
     model = make(cfg.model, _convert_="all")
     n_params = count_parameters(model)
     folder = RunFolder(run_dir)
-    summary = base_summary(cfg, objective, n_params)
+    summary = base_summary(cfg, objectives, n_params)
     with record_outcome(folder, summary, clock), stop_requests() as stop:
         check_budget(n_params, cfg.budget.max_params)
-        _fit(cfg, model, objective, folder, summary, clock, reporter, resume, stop)
-    value = summary["objective_value"]
-    log.info(f"done in {summary['wall_time_s']:.0f} s: {objective} = {value:.4f}; run folder {run_dir}")
-    return value
+        _fit(cfg, model, objectives, folder, summary, clock, reporter, resume, stop)
+    values = summary["objectives"]
+    said = ", ".join(
+        f"{name} = {value:.4f}" if isinstance(value, float) else f"{name} = {value:,}" for name, value in values.items()
+    )
+    log.info(f"done in {summary['wall_time_s']:.0f} s: {said}; run folder {run_dir}")
+    return summary["objective_value"] if len(values) == 1 else list(values.values())
 
 
 class Clock:
@@ -113,7 +102,7 @@ def record_outcome(folder: RunFolder, summary: dict[str, Any], clock: Clock) -> 
 def _fit(
     cfg: DictConfig,
     model: torch.nn.Module,
-    objective: str,
+    objectives: list[str],
     folder: RunFolder,
     summary: dict[str, Any],
     clock: Clock,
@@ -124,7 +113,9 @@ def _fit(
     parts = build(cfg, model)
     trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
     summary.update(device=str(trainer.device), device_name=device_name(trainer.device))
-    log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {objective}")
+    said = ", ".join(objectives)
+    log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {said}")
+    metric = checkpoint_metric(objectives, cfg.data.val_size)  # picks best.pt
 
     splits = data.load(trainer.device)
     n_val = len(splits.val) if splits.val else 0
@@ -140,10 +131,10 @@ def _fit(
         history.append(record)
         log.info(format_epoch(record, trainer.epochs))
         folder.write_metrics(history)
-        better = is_better(objective, record[objective], summary.get("best_checkpoint_value"))
+        better = is_better(metric, record[metric], summary.get("best_checkpoint_value"))
         if better:
-            summary.update(best_checkpoint_epoch=record["epoch"], best_checkpoint_value=record[objective])
-        summary.update(summarize(history, objective), wall_time_s=clock.elapsed())
+            summary.update(best_checkpoint_epoch=record["epoch"], best_checkpoint_value=record[metric])
+        summary.update(summarize(history, objectives, summary["n_params"]), wall_time_s=clock.elapsed())
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -163,7 +154,8 @@ def _fit(
         folder.save_checkpoint("last", state)
         folder.write_summary(summary)
         if reporter is not None:
-            reporter.report(record["epoch"], record[objective], last=record["epoch"] == trainer.epochs)
+            value = summary["objective_value"]  # the first objective: Optuna prunes single-objective trials only
+            reporter.report(record["epoch"], value, last=record["epoch"] == trainer.epochs)
 
     trainer.fit(
         model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
@@ -218,7 +210,8 @@ def restore(
     clock.earlier_s = state["wall_time_s"]
     history = list(state["history"])
     folder.write_metrics(history)  # drop any row written after this checkpoint
-    summary.update(summarize(history, summary["objective"]), resumed_after_epoch=state["epoch"])
+    objectives = list(summary["objectives"])
+    summary.update(summarize(history, objectives, summary["n_params"]), resumed_after_epoch=state["epoch"])
     log.info(f"resume: continuing {folder.path} after epoch {state['epoch']}")
     return history
 
@@ -258,24 +251,33 @@ def build_scheduler(
     return make(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
 
-def base_summary(cfg: DictConfig, objective: str, n_params: int) -> dict[str, Any]:
+def base_summary(cfg: DictConfig, objectives: list[str], n_params: int) -> dict[str, Any]:
+    """The summary before the first epoch. `objective` and `objective_value` are the first objective's;
+    `objectives` maps each objective to its value."""
     return {
         "status": "running",
         "n_params": n_params,
         "epochs": cfg.trainer.epochs,
         "epochs_run": 0,
-        "objective": objective,
+        "objective": objectives[0],
         "objective_value": None,
+        "objectives": {name: None for name in objectives},
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "versions": versions(),
     }
 
 
-def summarize(history: list[EpochRecord], objective: str) -> dict[str, Any]:
-    """Final and best value (with its epoch) of each accuracy, and the objective's final value."""
+def summarize(history: list[EpochRecord], objectives: list[str], n_params: int) -> dict[str, Any]:
+    """Final and best value (with its epoch) of each accuracy, and each objective's final value."""
     final = history[-1]
-    summary: dict[str, Any] = {"epochs_run": len(history), "objective_value": final[objective]}
+    facts = {N_PARAMS: n_params, TRAIN_SECONDS: sum(record["seconds"] for record in history)}
+    values = {name: facts[name] if name in facts else final[name] for name in objectives}
+    summary: dict[str, Any] = {
+        "epochs_run": len(history),
+        "objective_value": values[objectives[0]],
+        "objectives": values,
+    }
     for metric in ("train_loss", "val_acc", "test_acc", "val_loss", "test_loss"):
         if metric not in final:
             continue

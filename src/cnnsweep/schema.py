@@ -146,7 +146,7 @@ class TrainSchema:
     data: Any = MISSING
     trainer: Any = MISSING
     seed: int = MISSING
-    objective: str = MISSING
+    objective: Any = MISSING  # one name, or a list of names for a multi-objective sweep
     budget: BudgetSchema = MISSING
     resume: Optional[str] = MISSING
 

@@ -46,6 +46,8 @@ def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
     storage = open_storage(sweeper.storage)
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+    if len(study.directions) > 1:
+        return None  # optuna 2.10 cannot prune multi-objective trials (the sweeper says so once)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, sweeper.trial)
     log.info(f"reporting to trial {sweeper.trial} of study {sweeper.study_name!r}")
     return TrialReporter(optuna.trial.Trial(study, trial_id))

@@ -117,7 +117,7 @@ def test_over_budget_trials_are_pruned_fast_and_never_best(tiny_mnist, tmp_path)
     over = rows["400"]
     assert over["state"] == "PRUNED" and over["value"] == "" and int(over["n_params"]) > 20_000
     assert "over the budget of 20,000" in over["reason"] and float(over["duration_s"]) < 2.0
-    assert not (sweep_dir / over["number"] / "metrics.csv").exists()
+    assert not (sweep_dir / over["number"]).exists() and over["run_dir"] == ""  # refused before its job started
     assert rows["16"]["state"] == "COMPLETE"
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_trial"] == int(rows["16"]["number"])
@@ -161,9 +161,10 @@ def test_a_diverging_trial_fails_without_stopping_the_sweep(tiny_mnist, tmp_path
 def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "optimizer.lr=1e9", "hydra.sweeper.n_trials=4"))
-    assert result.returncode != 0
-    assert "SweepAborted" in result.stderr + result.stdout
-    assert "2 trials failed, more than max_failure_rate=0.25 of n_trials=4" in result.stderr + result.stdout
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: 2 trials failed, more than max_failure_rate=0.25 of n_trials=4")
+    assert line.endswith(f"trials on record in {sweep_dir / 'trials.csv'}")
     states = [row["state"] for row in read_trials(sweep_dir)]
     assert set(states) == {"FAIL"} and 2 <= len(states) < 4  # a trial already in flight may still finish
 
@@ -246,7 +247,157 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
 def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_after(tmp_path):
     (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a job that has not built its model yet
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- model.dropout=0.1\n")
-    [during], _ = folder_rows(tmp_path, in_flight=True)
-    [after], _ = folder_rows(tmp_path)
+    [during], _ = folder_rows(tmp_path, ["val_acc"], in_flight=True)
+    [after], _ = folder_rows(tmp_path, ["val_acc"])
     assert (during["state"], during["reason"]) == ("RUNNING", "starting")
     assert after["state"] == "FAIL" and after["reason"].startswith("no summary.json")
+
+
+def test_a_loss_objective_is_minimised_and_its_lowest_trial_is_best(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "objective=val_loss", "hydra.sweeper.n_trials=3"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load_study(sweep_dir)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    rows = read_trials(sweep_dir)
+    lowest = min(rows, key=lambda row: float(row["value"]))
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["objective"] == "val_loss" and float(row["value"]) == summary["final_val_loss"]
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert (best["objective"], best["direction"]) == ("val_loss", "minimize")
+    assert best["best_trial"] == int(lowest["number"]) == study.best_trial.number
+    report = subprocess.run(
+        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir), "--format", "json", "--no-plots"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    [sweep] = json.loads(report.stdout)["sweeps"]
+    assert sweep["directions"] == ["minimize"] and sweep["best"]["number"] == int(lowest["number"])
+
+
+def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *optuna_overrides(tiny_mnist, sweep_dir, "objective=val_loss", "hydra.sweeper.direction=maximize")
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: hydra.sweeper.direction=maximize contradicts objective=val_loss, which is to minimize; "
+        "drop hydra.sweeper.direction (it follows the objective)"
+    ]
+    assert not (sweep_dir / "optuna.db").exists() and not list(sweep_dir.glob("*/summary.json"))
+
+
+@pytest.mark.parametrize("sampler", ["nsgaii", "motpe"])
+def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(tiny_mnist, tmp_path, sampler):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_overrides(
+        tiny_mnist, sweep_dir, "hparams_search=pareto", "hydra.sweeper.study_name=test", *IN_PROCESS,
+        f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=4", "objective=[val_acc,n_params,train_seconds]",
+    )  # fmt: skip
+    result = train_py(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "optuna 2.10 cannot prune multi-objective trials; none is pruned" in result.stdout
+
+    study = load_study(sweep_dir)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    rows = read_trials(sweep_dir)
+    assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
+    for row, trial in zip(rows, study.trials, strict=True):
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert summary["objectives"] == {
+            "val_acc": summary["final_val_acc"], "n_params": summary["n_params"],
+            "train_seconds": pytest.approx(summary["objectives"]["train_seconds"]),
+        }  # fmt: skip
+        assert trial.values == [summary["final_val_acc"], summary["n_params"], summary["objectives"]["train_seconds"]]
+        assert float(row["value_val_acc"]) == trial.values[0] and int(row["value_n_params"]) == summary["n_params"]
+        assert float(row["value_train_seconds"]) == pytest.approx(trial.values[2])
+
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["objectives"] == ["val_acc", "n_params", "train_seconds"]
+    front = results["pareto_front"]
+    assert sorted(entry["number"] for entry in front) == sorted(t.number for t in study.best_trials)
+    for entry in front:
+        assert entry["run_dir"] == str(sweep_dir / str(entry["number"]))
+        assert entry["command"].startswith("python train.py ") and "model.widths.0=" in entry["command"]
+        assert entry["values"]["n_params"] == entry["n_params"]
+
+    report = subprocess.run(
+        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert f"Pareto front ({len(front)} trials, best val_acc first)" in report.stdout
+    assert (sweep_dir / "pareto_front.png").stat().st_size > 10_000
+
+
+def test_cmaes_is_refused_for_several_objectives_in_one_line(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_overrides(tiny_mnist, sweep_dir, "hparams_search=pareto", "hydra/sweeper/sampler=cmaes", *IN_PROCESS)
+    result = train_py(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: hydra/sweeper/sampler=cmaes optimises one objective")
+    assert not (sweep_dir / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "grid"])
+def test_a_tiny_sweep_runs_with_each_sampler(tiny_mnist, tmp_path, sampler):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *optuna_overrides(tiny_mnist, sweep_dir, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=3")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_trials(sweep_dir)
+    assert [row["state"] for row in rows] == ["COMPLETE"] * 3
+    params = {tuple(row[k] for k in ("optimizer.lr", "scheduler.gamma", "model.dropout")) for row in rows}
+    assert len(params) == 3
+    if sampler == "grid":  # lr in 0.005-0.2 (log), gamma in 0.05-0.5, dropout in 0-0.2: three points each
+        assert {row["optimizer.lr"] for row in rows} <= {"0.005", "0.0316228", "0.2"}
+        assert {row["model.dropout"] for row in rows} <= {"0.0", "0.1", "0.2"}
+
+
+def test_a_failure_every_trial_shares_stops_the_sweep_after_one_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "data.val_size=600", "hydra.sweeper.n_trials=4"))
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: trial 0 failed: data.val_size=600")
+    assert line.endswith(f"every trial would fail the same way; trials on record in {sweep_dir / 'trials.csv'}")
+    rows = read_trials(sweep_dir)
+    assert [(row["number"], row["state"]) for row in rows] == [("0", "FAIL")]
+    assert "data.val_size=600" in rows[0]["reason"]
+
+
+def test_over_budget_draws_use_up_no_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_overrides(
+        tiny_mnist, sweep_dir, "hparams_search=architecture", "hydra.sweeper.study_name=test", *IN_PROCESS,
+        "hydra.sweeper.n_trials=2", "model.widths.6=int(interval(32,600))", "hydra/sweeper/sampler=random",
+    )  # fmt: skip
+    result = train_py(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_trials(sweep_dir)
+    trained = [row for row in rows if row["state"] == "COMPLETE"]
+    over = [row for row in rows if row["state"] == "PRUNED"]
+    assert len(trained) == 2 and len(over) >= 1 and len(rows) == len(trained) + len(over)
+    assert all(int(row["n_params"]) <= 20_000 for row in trained)
+    for row in over:
+        assert int(row["n_params"]) > 20_000 and "over the budget of 20,000" in row["reason"]
+        assert not (sweep_dir / row["number"]).exists()
+    assert {t.number for t in load_study(sweep_dir).trials if t.user_attrs.get("over_budget")} == {
+        int(row["number"]) for row in over
+    }
+
+
+def test_a_space_almost_all_over_budget_stops_in_one_line(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_overrides(
+        tiny_mnist, sweep_dir, "hparams_search=architecture", "hydra.sweeper.study_name=test", *IN_PROCESS,
+        "model.widths.6=int(interval(3000,4000))",
+    )  # fmt: skip
+    result = train_py(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: 40 of the study's 40 draws (100%) were over budget.max_params=20,000")
+    assert "narrow the width ranges in hydra.sweeper.params" in line
+    assert {row["state"] for row in read_trials(sweep_dir)} == {"PRUNED"}
+    assert not [path for path in sweep_dir.iterdir() if path.name.isdigit()]  # no job ever started

@@ -2,12 +2,21 @@
 
 Several sweep processes (on one machine or many) may work on one study. Each marks the trials it
 runs with its owner (host:pid) and keeps a heartbeat for them. A trial left RUNNING by a worker
-that died (its process is gone, or its heartbeat is stale) is marked FAIL and its parameters are
-queued again, so the study's total of trials is still reached.
+that died (its process on this host is gone, its heartbeat is stale, or it never got an owner) is
+marked FAIL and its parameters are queued again through optuna's RetryFailedTrialCallback (the
+retry's system attr `failed_trial` names the first trial of its chain), so the study's total of
+trials is still reached.
+
+Why not optuna's own `fail_stale_trials(study)`: with several workers it raises as soon as another
+worker has failed one of the stale trials first, and the trials it had failed before that never get
+their callback, so their parameters would never run again. `requeue_lost_trials` does the same per
+trial and tolerates the race.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import os
 import socket
 import threading
@@ -18,16 +27,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
-from optuna.storages import RDBStorage
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 OWNER = "cnnsweep:owner"  # system attr: "host:pid" of the sweep process running the trial
 REQUEUED = "requeued"  # user attr: this FAILed trial's parameters were queued again
 SURPLUS = "surplus"  # user attr: asked beyond n_trials by a racing worker, never run
 REASON = "reason"  # user attr: why the trial was pruned or failed
+OVER_BUDGET = "over_budget"  # user attr: the drawn model was over budget.max_params, so it never ran
+RETRIED_FROM = "failed_trial"  # system attr set by optuna's RetryFailedTrialCallback: the first trial of a chain
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's write lock on a SQLite study
 STORAGE_ATTEMPTS = 5  # tries to open a storage that other workers may be creating at the same moment
+# optuna 2.10's table of each RUNNING trial's last heartbeat (by the database's clock)
+HEARTBEATS = sqlalchemy.table(
+    "trial_heartbeats", sqlalchemy.column("trial_id"), sqlalchemy.column("heartbeat", sqlalchemy.DateTime)
+)
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
@@ -70,49 +86,126 @@ def _worker_is_gone(owner: str | None) -> bool:
     return False
 
 
-def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Trials that use up the study's n_trials: all but re-queued failures and unrun surplus."""
-    return not (trial.user_attrs.get(REQUEUED) or trial.user_attrs.get(SURPLUS))
+def counts_toward_total(trial: FrozenTrial, over_budget_counts: bool = False) -> bool:
+    """Trials that use up the study's n_trials: all but re-queued failures, unrun surplus and (unless
+    `over_budget_counts`, as in a grid) draws over the parameter budget."""
+    attrs = trial.user_attrs
+    return not (attrs.get(REQUEUED) or attrs.get(SURPLUS) or (attrs.get(OVER_BUDGET) and not over_budget_counts))
 
 
-def n_counted(trials: Iterable[FrozenTrial]) -> int:
-    return sum(counts_toward_total(trial) for trial in trials)
+def n_counted(trials: Iterable[FrozenTrial], over_budget_counts: bool = False) -> int:
+    return sum(counts_toward_total(trial, over_budget_counts) for trial in trials)
 
 
 def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
     """Fail the RUNNING trials whose worker is gone and queue their parameters again.
 
-    `storage` is the study's RDB backend, read directly: optuna's cached view of a study never
-    re-reads the trials it created itself. Returns the numbers of the trials failed here. Safe
-    with several workers: a trial another worker has already finished or failed is left alone.
+    A worker is gone when its process on this host no longer exists, when its heartbeat is older
+    than the storage's grace period (a worker on another host), or when its trial never got an
+    owner within that period (killed between asking for the trial and claiming it). `storage` is
+    the study's RDB backend, read directly: optuna's cached view of a study never re-reads the
+    trials it created itself. Also re-queues a failed trial whose retry was never queued (its
+    worker died in between). Returns the numbers of the trials failed here.
     """
-    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-    stale = set(storage._get_stale_trial_ids(study._study_id)) if storage.is_heartbeat_enabled() else set()
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    stale = stale_trial_ids(storage, study._study_id)
+    grace = datetime.timedelta(seconds=grace_period_s(storage))
+    now = datetime.datetime.now()
     requeued = []
-    for trial in running:
+    for trial in trials:
+        if trial.state != TrialState.RUNNING:
+            continue
         owner = trial.system_attrs.get(OWNER)
-        if not (_worker_is_gone(owner) or trial._trial_id in stale):
-            continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, REASON, f"interrupted: worker {owner} stopped")
-            storage.set_trial_user_attr(trial._trial_id, REQUEUED, True)
-            failed_here = storage.set_trial_state(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # finished meanwhile (by its worker, or failed by another)
-            continue
-        if failed_here:
-            enqueue(study, trial.params)
-            requeued.append(trial.number)
+        unowned = owner is None and trial.datetime_start is not None and now - trial.datetime_start > grace
+        if _worker_is_gone(owner) or trial._trial_id in stale or unowned:
+            if retry_later(study, storage, trial._trial_id, f"interrupted: worker {owner or '(unknown)'} stopped"):
+                requeued.append(trial.number)
+    for trial in unretried(trials):
+        requeue(study, trial)
     return requeued
 
 
-def enqueue(study: optuna.Study, params: dict[str, object]) -> None:
-    """Queue a trial with these parameters: the next ask() of any worker runs it."""
+def stale_trial_ids(storage: RDBStorage, study_id: int) -> set[int]:
+    """The RUNNING trials whose last heartbeat is older than the grace period.
+
+    optuna 2.10's own check alone would fail live trials: it reads the database's clock, then the
+    heartbeats, and a heartbeat committed in between is newer than that clock; `(now - heartbeat).seconds`
+    of the negative difference is 86399. Its candidates are confirmed against a clock read after
+    their heartbeats.
+    """
+    if not storage.is_heartbeat_enabled():
+        return set()
+    # optuna 2.10 offers no public way to list stale trials without failing them (see the module's note).
+    candidates = storage._get_stale_trial_ids(study_id)
+    if not candidates:
+        return set()
+    with storage.engine.connect() as connection:
+        query = sqlalchemy.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat).where(
+            HEARTBEATS.c.trial_id.in_(candidates)
+        )
+        last_beats = dict(connection.execute(query).all())
+    with storage.engine.connect() as connection:  # a later transaction: its clock is past every beat read above
+        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+    grace = grace_period_s(storage)
+    return {trial_id for trial_id, beat in last_beats.items() if (now - beat).total_seconds() > grace}
+
+
+def grace_period_s(storage: RDBStorage) -> float:
+    """Seconds without a heartbeat after which a RUNNING trial counts as lost (optuna's default: 2 intervals)."""
+    if storage.grace_period is not None:
+        return storage.grace_period
+    return 2 * (storage.heartbeat_interval or 60)
+
+
+def retry_later(study: optuna.Study, storage: RDBStorage, trial_id: int, reason: str) -> bool:
+    """Fail a RUNNING trial that did not finish through no fault of its own and queue its parameters
+    again; False if it had finished meanwhile (by its worker, or failed by another)."""
+    frozen = storage.get_trial(trial_id)
+    try:
+        storage.set_trial_user_attr(trial_id, REASON, reason)
+        storage.set_trial_user_attr(trial_id, REQUEUED, True)
+        if not storage.set_trial_state(trial_id, TrialState.FAIL):
+            return False
+    except RuntimeError:  # finished meanwhile
+        return False
+    requeue(study, frozen)
+    return True
+
+
+def fresh_copy(trial: FrozenTrial) -> FrozenTrial:
+    """The trial without the marks of its failure, for RetryFailedTrialCallback to copy into the retry.
+
+    Nor its owner: a retry that inherited the dead worker's mark would, once a worker has popped it
+    with ask() and before that worker's claim, look lost to every other worker and be failed again.
+    """
+    copied = copy.deepcopy(trial)
+    copied.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (REQUEUED, REASON, SURPLUS)}
+    copied.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER}
+    return copied
+
+
+def unretried(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Re-queued failures with no later retry of their chain (their worker died before queueing it)."""
+    retries = [(t.number, t.system_attrs[RETRIED_FROM]) for t in trials if RETRIED_FROM in t.system_attrs]
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get(REQUEUED)
+        and not any(n > t.number and root == t.system_attrs.get(RETRIED_FROM, t.number) for n, root in retries)
+    ]
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a WAITING copy of `trial`'s parameters with optuna's RetryFailedTrialCallback."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.enqueue_trial(params)
+        RetryFailedTrialCallback()(study, fresh_copy(trial))
 
 
-def claim(study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, n_trials: int) -> bool:
+def claim(
+    study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, n_trials: int, over_budget_counts: bool = False
+) -> bool:
     """Mark `trial` as this worker's; False (and the trial set aside) if the study is already full.
 
     Workers racing for the last places may ask for more trials than n_trials; ranking by trial
@@ -123,7 +216,7 @@ def claim(study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, n_trial
     if storage.is_heartbeat_enabled():
         storage.record_heartbeat(trial._trial_id)
     earlier = [t for t in storage.get_all_trials(study._study_id, deepcopy=False) if t.number < trial.number]
-    if n_counted(earlier) < n_trials:
+    if n_counted(earlier, over_budget_counts) < n_trials:
         return True
     owned.set_trial_user_attr(trial._trial_id, SURPLUS, True)
     owned.set_trial_state(trial._trial_id, TrialState.FAIL)

@@ -2,15 +2,23 @@
 
 What it adds to the released sweeper (whose config, search-space parsing and trial configuration
 it reuses):
+- the study's direction(s) follow `objective` (one name, or several for a Pareto front), and an
+  explicit `direction` that contradicts them is refused before any trial;
+- every sampler runs with every search space (the grid splits intervals), seeded per study and trial;
 - every job learns its trial (`hydra.sweeper.trial`) and reports to it each epoch, so the
-  pruner can stop it: such trials are PRUNED, not FAIL;
-- a model over `budget.max_params` is PRUNED before any data is read, with its parameter count;
+  pruner can stop it: such trials are PRUNED, not FAIL (multi-objective trials run unpruned:
+  optuna 2.10 cannot prune them);
+- a sampled model over `budget.max_params` is PRUNED in the sweep's own process, before any job
+  starts, with its parameter count, and does not use up one of the study's n_trials;
 - a job that raises (or diverges) is a FAIL with its error; the sweep goes on until more than
-  `max_failure_rate * n_trials` trials of this sweep failed;
+  `max_failure_rate * n_trials` trials of this sweep failed, but stops after the first trial that
+  fails on a bad setting every trial shares (missing data, a validation split too large, ...);
 - the study lives in storage (SQLite by default) and `n_trials` is the study's total: rerunning
   the command continues it, trials left RUNNING by a dead worker are failed and re-queued, and
   several workers may share one study;
-- trials.csv and optimization_results.yaml describe every trial, after every batch.
+- trials.csv and optimization_results.yaml describe every trial, after every batch;
+- a sweep that stops early (a shared failure, too many failures, Ctrl-C, a bad setting) says why in
+  one line, with the path of trials.csv, and exits non-zero.
 """
 
 from __future__ import annotations
@@ -21,34 +29,55 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
-from cnnsweep.model import OverBudget
-from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, write_results
+from cnnsweep.cli import one_line
+from cnnsweep.errors import UserError, make
+from cnnsweep.model import OverBudget, check_budget, count_parameters
+from cnnsweep.objectives import checked_directions
+from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, sweep_objectives, write_results
+from cnnsweep.samplers import GridSearch, check_objectives, reseed
 from cnnsweep.signals import Interrupted, stop_requests
 from cnnsweep.study import (
+    OVER_BUDGET,
     REASON,
-    REQUEUED,
     claim,
-    enqueue,
     heartbeats,
     n_counted,
     open_storage,
     requeue_lost_trials,
+    retry_later,
 )
 
 log = logging.getLogger(__name__)
 
+# An almost all over-budget search space: stop once this share of at least this many draws was over budget.
+OVER_BUDGET_SHARE = 0.9
+OVER_BUDGET_MIN_DRAWS = 40
 
-class SweepAborted(RuntimeError):
+
+class SweepStopped(Exception):
+    """The sweep ended before its study was full; the message says why in one line."""
+
+    exit_code = 1
+
+
+class SweepAborted(SweepStopped):
     """Too many trials of this sweep failed."""
+
+
+class SharedFailure(SweepStopped):
+    """A trial failed on a setting every trial shares: the next ones would fail the same way."""
+
+    exit_code = 2
 
 
 class StudySweeper(OptunaSweeperImpl):
@@ -66,10 +95,14 @@ class StudySweeper(OptunaSweeperImpl):
         self.pruner = pruner
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.sweep_dir: Path | None = None
 
     def sweep(self, arguments: list[str]) -> None:
-        self.distributions, self.fixed_params = self._search_space(arguments)
         self.sweep_dir = Path(self.config.hydra.sweep.dir)
+        self.objectives = sweep_objectives(self.config)
+        self.directions = checked_directions(self.objectives, self.direction)
+        self.distributions, self.fixed_params = self._search_space(arguments)
+        check_objectives(self.sampler, self.objectives)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self.rdb = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
@@ -78,11 +111,19 @@ class StudySweeper(OptunaSweeperImpl):
             storage=self.rdb,
             sampler=self.sampler,
             pruner=self.pruner,
-            directions=self._get_directions(),
+            directions=self.directions,
             load_if_exists=True,
         )
+        if [d.name.lower() for d in study.directions] != self.directions:
+            raise UserError(
+                f"study {self.study_name!r} in {self.storage} was made to "
+                f"{[d.name.lower() for d in study.directions]}, not {self.directions} as objective="
+                f"{self.objectives} asks; choose a new hydra.sweeper.study_name"
+            )
         self.study_id = study._study_id
         log.info(f"study {study.study_name!r} in {self.storage}: {len(study.trials)} trials so far")
+        if len(self.objectives) > 1:
+            log.info(f"objectives {self.objectives}: optuna 2.10 cannot prune multi-objective trials; none is pruned")
 
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
         self.failures, self.stop, self.errors = 0, False, []
@@ -103,6 +144,17 @@ class StudySweeper(OptunaSweeperImpl):
             raise self.errors[0]
         self.stop_signal.check()
 
+    def ending(self, error: BaseException) -> tuple[str, int] | None:
+        """The one line (and exit status) that ends a sweep stopped by `error`; None for a bug."""
+        table = f"trials on record in {self.sweep_dir / TRIALS_FILE}" if self.sweep_dir else "no trial ran"
+        if isinstance(error, Interrupted):
+            return f"sweep {error}: {table}; rerun the same command to continue", error.exit_code
+        if isinstance(error, SweepStopped):
+            return f"{error}; {table}", error.exit_code
+        if isinstance(error, UserError):
+            return str(error), 2
+        return None
+
     def _lane(self) -> None:
         """Run trials one after another until the study is full, the sweep aborts, or an error stops it."""
         try:
@@ -118,7 +170,7 @@ class StudySweeper(OptunaSweeperImpl):
                         self.errors.append(
                             SweepAborted(
                                 f"{self.failures} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                                f"of n_trials={self.n_trials}; see {self.sweep_dir / TRIALS_FILE}"
+                                f"of n_trials={self.n_trials}"
                             )
                         )
         except BaseException as error:
@@ -127,26 +179,80 @@ class StudySweeper(OptunaSweeperImpl):
                 self.errors.append(error)
 
     def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | None:
-        """Ask for and claim the next trial with its job overrides; None when there is nothing left to run."""
+        """Ask for and claim the next trial with its job overrides; None when there is nothing left to run.
+
+        Draws over the parameter budget are recorded as PRUNED here, without a job, and do not count.
+        """
         with self.lock:
-            if self.stop or self.stop_signal.signal_number is not None:
-                return None
-            study = self._load()  # a fresh view: optuna's cache never re-reads its own trials
-            lost = requeue_lost_trials(study, self.rdb)
-            if lost:
-                log.warning(f"trials {lost} were left RUNNING by a worker that stopped: failed, parameters re-queued")
-            trials = self.rdb.get_all_trials(self.study_id, deepcopy=False)
-            queued = any(t.state == TrialState.WAITING for t in trials)  # re-queued trials: ask() runs them first
-            if not queued and n_counted(trials) >= self.n_trials:
-                return None
-            trial = study.ask()
-            if not claim(study, self.rdb, trial, self.n_trials):
-                return None  # the remaining places are taken by other workers
-            reseed(self.sampler, self.seed, trial.number)
-            [overrides] = self._configure_trials([trial], self.distributions, self.fixed_params)
-            trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
-            per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
-            return trial, (*overrides, *per_job)
+            while not (self.stop or self.stop_signal.signal_number is not None):
+                study = self._load()  # a fresh view: optuna's cache never re-reads its own trials
+                lost = requeue_lost_trials(study, self.rdb)
+                if lost:
+                    log.warning(
+                        f"trials {lost} were left RUNNING by a worker that stopped: failed, parameters re-queued"
+                    )
+                trials = self.rdb.get_all_trials(self.study_id, deepcopy=False)
+                queued = any(t.state == TrialState.WAITING for t in trials)  # re-queued trials: ask() runs them first
+                if not queued and n_counted(trials, self.counts_over_budget) >= self.n_trials:
+                    return None
+                # Relative samplers (CMA-ES, NSGA-II, multivariate TPE) draw inside ask(): seed them for the
+                # number the new trial will most likely get, and again once it is known.
+                reseed(self.sampler, self.seed, self.study_name, len(trials))
+                trial = study.ask()
+                if not claim(study, self.rdb, trial, self.n_trials, self.counts_over_budget):
+                    return None  # the remaining places are taken by other workers
+                reseed(self.sampler, self.seed, self.study_name, trial.number)
+                [overrides] = self._configure_trials([trial], self.distributions, self.fixed_params)
+                if self._over_budget(study, trial, overrides):
+                    continue
+                trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
+                per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
+                return trial, (*overrides, *per_job)
+            return None
+
+    @property
+    def counts_over_budget(self) -> bool:
+        """Over-budget draws use up no trial, except in a grid, whose every point is drawn once."""
+        return isinstance(self.sampler, GridSearch)
+
+    def _over_budget(self, study: optuna.Study, trial: optuna.Trial, overrides: tuple[str, ...]) -> bool:
+        """Build the trial's model from its config: True (and the trial PRUNED) if it is over budget.
+
+        A config that does not compose, or a model that cannot be built, stops the sweep in one line
+        unless the error names one of the trial's sampled parameters (then the trial FAILs alone).
+        """
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            n_params = count_parameters(make(cfg.model, _convert_="all"))
+            check_budget(n_params, cfg.budget.max_params)
+            return False
+        except OverBudget as error:
+            trial.set_user_attr("n_params", error.n_params)
+            trial.set_user_attr(OVER_BUDGET, True)
+            trial.set_user_attr(REASON, str(error))
+            tell(study, trial.number, None, TrialState.PRUNED)
+            log.info(f"trial {trial.number} PRUNED before it started: {error}")
+            self._check_over_budget_share(error.max_params)
+            return True
+        except (UserError, HydraException, OmegaConfBaseException) as error:
+            message = str(error) if isinstance(error, UserError) else one_line(error)
+            trial.set_user_attr(REASON, f"{type(error).__name__}: {message}")
+            tell(study, trial.number, None, TrialState.FAIL)
+            if names_a_parameter(message, trial.params):
+                self.failures += 1
+                return True
+            raise SharedFailure(f"trial {trial.number} cannot start: {message}") from error
+
+    def _check_over_budget_share(self, max_params: int) -> None:
+        trials = [t for t in self.rdb.get_all_trials(self.study_id, deepcopy=False) if t.state != TrialState.WAITING]
+        drawn = [t for t in trials if t.state != TrialState.FAIL]
+        over = sum(bool(t.user_attrs.get(OVER_BUDGET)) for t in drawn)
+        if over >= OVER_BUDGET_MIN_DRAWS and over >= OVER_BUDGET_SHARE * len(drawn):
+            raise SharedFailure(
+                f"{over} of the study's {len(drawn)} draws ({over / len(drawn):.0%}) were over budget.max_params="
+                f"{max_params:,}: the search space is almost all over budget; narrow the width ranges in "
+                "hydra.sweeper.params (or raise budget.max_params)"
+            )
 
     @property
     def seed(self) -> int | None:
@@ -159,15 +265,11 @@ class StudySweeper(OptunaSweeperImpl):
         distributions, fixed_params = create_params_from_overrides([*self._parse_sweeper_params_config(), *arguments])
         if self.search_space_distributions:
             distributions = {**self.search_space_distributions, **distributions}
-        if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
-            self.sampler = self.sampler(grid)
-            n_points = 1
-            for choices in grid.values():
-                n_points *= len(choices)
-            self.n_trials = min(self.n_trials, n_points)
         for name in fixed_params:
             distributions.pop(name, None)
+        if isinstance(self.sampler, functools.partial) and self.sampler.func is GridSearch:
+            self.sampler = self.sampler(distributions)
+            self.n_trials = min(self.n_trials, self.sampler.n_points)
         return distributions, fixed_params
 
     def _load(self) -> optuna.Study:
@@ -177,35 +279,36 @@ class StudySweeper(OptunaSweeperImpl):
         """Record the job's outcome on its trial (and count it if it failed)."""
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         attrs = self._job_facts(job)
-        value, state = None, TrialState.COMPLETE
-        interrupted = None
+        values, state, error = None, TrialState.COMPLETE, None
         if job.status == JobStatus.COMPLETED:
-            value = float(job.return_value)
+            returned = job.return_value
+            values = [float(v) for v in (returned if isinstance(returned, (list, tuple)) else [returned])]
+            if len(values) != len(self.objectives):
+                error = UserError(f"the job returned {len(values)} values for the objectives {self.objectives}")
         else:
             error = job._return_value  # the exception the job raised (JobReturn keeps it here)
+        if error is not None:
             pruned = isinstance(error, (optuna.TrialPruned, OverBudget))
-            state = TrialState.PRUNED if pruned else TrialState.FAIL
+            state, values = (TrialState.PRUNED if pruned else TrialState.FAIL), None
             attrs[REASON] = str(error) if pruned else f"{type(error).__name__}: {error}"
             if isinstance(error, OverBudget):
-                attrs["n_params"] = error.n_params
-            if isinstance(error, Interrupted):  # not the trial's fault: run its parameters again later
-                attrs[REQUEUED], interrupted = True, error
-                self.stop = True
+                attrs["n_params"], attrs[OVER_BUDGET] = error.n_params, True
             log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
         for key, item in attrs.items():
             study._storage.set_trial_user_attr(trial_id, key, item)
-        try:
-            study.tell(number, value, state=state)
-        except RuntimeError as error:
-            # GridSampler calls study.stop() once the grid is covered, which only works inside
-            # study.optimize; the trial's state and value are stored before that.
-            if "Study.stop" not in str(error):
-                raise
-        if interrupted is not None:
-            enqueue(study, study.trials[number].params)
-            self.errors.append(interrupted)
-        elif state == TrialState.FAIL:
+        if isinstance(error, Interrupted):  # not the trial's fault: run its parameters again later
+            retry_later(study, self.rdb, trial_id, attrs[REASON])
+            self.stop = True
+            self.errors.append(error)
+            return
+        tell(study, number, values, state)
+        if state == TrialState.FAIL:
             self.failures += 1
+            if isinstance(error, UserError) and not names_a_parameter(str(error), study.trials[number].params):
+                self.stop = True
+                self.errors.append(
+                    SharedFailure(f"trial {number} failed: {error}; every trial would fail the same way")
+                )
 
     @staticmethod
     def _job_facts(job: JobReturn) -> dict[str, Any]:
@@ -221,25 +324,28 @@ class StudySweeper(OptunaSweeperImpl):
         return {key: item for key, item in facts.items() if item is not None}
 
     def _write_results(self) -> None:
-        rows, overrides = study_rows(self.rdb.get_all_trials(self.study_id))
+        rows, overrides = study_rows(self.rdb.get_all_trials(self.study_id), self.objectives)
         header = {"name": "optuna", "study_name": self.study_name, "storage": self.storage}
-        best = write_results(self.sweep_dir, rows, overrides, self._get_directions()[0], header)
-        if best is not None:
+        best = write_results(self.sweep_dir, rows, overrides, self.objectives, self.directions, header)
+        if isinstance(best, list):
+            log.info(f"Pareto front so far: trials {[row['number'] for row in best]}")
+        elif best is not None:
             log.info(f"best so far: trial {best['number']}, value {best['value']}")
 
 
-def reseed(sampler: optuna.samplers.BaseSampler, seed: int | None, number: int) -> None:
-    """Seed the sampler's random draws for trial `number` with seed + number.
+def tell(study: optuna.Study, number: int, values: list[float] | None, state: TrialState) -> None:
+    """study.tell, also when the grid sampler, covered, asks the study to stop."""
+    try:
+        study.tell(number, values, state=state)
+    except RuntimeError as stopped:
+        # GridSampler calls study.stop() once the grid is covered, which only works inside
+        # study.optimize; the trial's state and values are stored before that.
+        if "Study.stop" not in str(stopped):
+            raise
 
-    A seeded sampler otherwise restarts its random sequence in every process: a resumed sweep
-    would repeat its first trials, and two workers started together would draw the same ones.
-    Seeding per trial number keeps a seeded sweep reproducible and its trials distinct.
-    """
-    if seed is None:
-        return
-    if hasattr(sampler, "_rng"):
-        sampler._rng = np.random.RandomState(seed + number)
-    for name in ("_random_sampler", "_independent_sampler"):
-        inner = getattr(sampler, name, None)
-        if isinstance(inner, optuna.samplers.BaseSampler):
-            reseed(inner, seed, number)
+
+def names_a_parameter(message: str, params: dict[str, Any]) -> bool:
+    """Whether an error message names a sampled parameter (or its list, for `model.widths.3`):
+    then the failure is that trial's own, not one every trial shares."""
+    keys = set(params) | {name.rpartition(".")[0] for name in params if name.rpartition(".")[2].isdigit()}
+    return any(key and key in message for key in keys)

@@ -6,13 +6,14 @@ cnnsweep.sweep.StudySweeper. Hydra imports this module when it scans for plugins
 light: optuna and torch are imported only when a sweep starts.
 """
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.config import GridSamplerConfig, OptunaSweeperConf
 from omegaconf import MISSING, DictConfig
 
 # OmegaConf reads these annotations at runtime: keep typing's Optional/List forms.
@@ -61,11 +62,22 @@ class NopPrunerConf:
 
 
 @dataclass
+class GridConf(GridSamplerConfig):
+    """`hydra/sweeper/sampler=grid`: every combination of the parameters' values, with any search space."""
+
+    _target_: str = "cnnsweep.samplers.GridSearch"
+    interval_points: int = 3  # values an interval(...) is split into (geometric for tag(log, ...)); ints too
+    seed: Optional[int] = None  # orders the grid's points
+
+
+@dataclass
 class CnnsweepSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     pruner: Any = MISSING
-    direction: Any = "maximize"
+    # null: each objective's own (accuracies maximised, losses, n_params and train_seconds minimised);
+    # an explicit direction (or list) that contradicts the objective is refused before any trial.
+    direction: Any = None
     # The study persists here, so rerunning the same command continues it. Any SQLAlchemy URL
     # works: postgresql://user:password@host/db lets workers on several machines share a study.
     storage: Optional[Any] = "sqlite:///${hydra.sweep.dir}/optuna.db"
@@ -92,11 +104,22 @@ class CnnsweepSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
-        return self.sweeper.sweep(arguments)
+        try:
+            self.sweeper.sweep(arguments)
+        except Exception as error:
+            ending = self.sweeper.ending(error)
+            if ending is None:
+                raise  # not the user's to fix: Hydra shows the traceback
+            message, exit_code = ending
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(exit_code)
 
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="cnnsweep", node=CnnsweepSweeperConf, provider="cnnsweep")
+# Replaces hydra-optuna-sweeper's `grid` (whose config module is imported above, so its own entry is
+# stored first): theirs cannot split intervals, so it ran with no search space that has one.
+store.store(group="hydra/sweeper/sampler", name="grid", node=GridConf, provider="cnnsweep")
 for name, node in (
     ("median", MedianPrunerConf),
     ("percentile", PercentilePrunerConf),

@@ -1,0 +1,122 @@
+"""Optuna samplers as cnnsweep's sweeps use them: a grid over any search space, and per-trial seeding.
+
+Every sampler option (`hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|motpe|grid`) runs with every
+search space: the grid sampler splits continuous intervals into `interval_points` values, and a
+seeded sampler is reseeded for each trial from the seed, the study's name and the trial's number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    DiscreteUniformDistribution,
+    IntLogUniformDistribution,
+    IntUniformDistribution,
+    LogUniformDistribution,
+    UniformDistribution,
+)
+
+from cnnsweep.errors import UserError
+
+# The sampler's own random state, by attribute name: optuna 2.10 keeps it in private attributes, and
+# offers no way to reseed them per trial (reseed_rng() draws a fresh, unreproducible seed).
+# tests/test_samplers.py fails if a sampler stops having them.
+RNG_ATTRIBUTES = ("_rng", "_cma_rng")  # numpy RandomStates; CMA-ES seeds each trial's draw from _cma_rng
+INNER_SAMPLERS = ("_random_sampler", "_independent_sampler")  # samplers a sampler delegates to
+
+
+class GridSearch(optuna.samplers.GridSampler):
+    """Optuna's GridSampler over a search space, each interval split into `interval_points` values.
+
+    `hydra/sweeper/sampler=grid` makes it once the search space is known. `seed` (applied per trial
+    by `reseed`) orders the grid's points: optuna draws the next unvisited point at random.
+    """
+
+    def __init__(
+        self, distributions: dict[str, BaseDistribution], interval_points: int, seed: int | None = None
+    ) -> None:
+        if interval_points < 1:
+            raise UserError(f"hydra.sweeper.sampler.interval_points={interval_points} must be at least 1")
+        self.choices = {name: grid_choices(d, interval_points) for name, d in distributions.items()}
+        super().__init__(self.choices)
+
+    @property
+    def n_points(self) -> int:
+        return math.prod(len(choices) for choices in self.choices.values())
+
+
+def grid_choices(distribution: BaseDistribution, points: int) -> list[Any]:
+    """The values a grid takes for one parameter: every choice, every integer of a short range,
+    else `points` values spread evenly (geometrically for a log scale) from low to high."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, (IntUniformDistribution, IntLogUniformDistribution)):
+        step = getattr(distribution, "step", 1)
+        every = list(range(distribution.low, distribution.high + 1, step))
+        if len(every) <= points:
+            return every
+        spread = np.geomspace if isinstance(distribution, IntLogUniformDistribution) else np.linspace
+        picked = spread(distribution.low, distribution.high, points)
+        return sorted({min(every, key=lambda v: abs(v - x)) for x in picked})
+    if isinstance(distribution, DiscreteUniformDistribution):
+        every = list(np.arange(distribution.low, distribution.high + distribution.q / 2, distribution.q))
+        if len(every) > points:
+            every = [every[round(i)] for i in np.linspace(0, len(every) - 1, points)]
+        return [_short(value) for value in every]
+    if isinstance(distribution, (UniformDistribution, LogUniformDistribution)):
+        spread = np.geomspace if isinstance(distribution, LogUniformDistribution) else np.linspace
+        if points == 1:
+            return [_short(float(spread(distribution.low, distribution.high, 3)[1]))]
+        return [_short(float(value)) for value in spread(distribution.low, distribution.high, points)]
+    raise UserError(f"the grid sampler cannot split a {type(distribution).__name__}; use choice(...) or interval(...)")
+
+
+def _short(value: float) -> float:
+    return float(f"{value:.6g}")  # 0.0632456 rather than 0.06324555320336758 in overrides and tables
+
+
+def trial_seed(seed: int, study_name: str, number: int) -> int:
+    """A 32-bit seed for one trial of one study: different studies draw different points."""
+    digest = hashlib.sha256(f"{seed}/{study_name}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def reseed(sampler: Any, seed: int | None, study_name: str, number: int) -> None:
+    """Seed the sampler's random draws for trial `number` of `study_name`.
+
+    A seeded sampler otherwise restarts its random sequence in every process: a resumed sweep
+    would repeat its first trials, two workers started together would draw the same ones, and two
+    studies with the same seed would draw the same points. Seeding per study and trial keeps a
+    seeded sweep reproducible, its trials distinct, and different studies independent.
+    """
+    if seed is None:
+        return
+    value = trial_seed(seed, study_name, number)
+    if isinstance(sampler, optuna.samplers.GridSampler):
+        random.seed(value)  # optuna 2.10's GridSampler picks the next grid point with the random module
+        return
+    for name in RNG_ATTRIBUTES:
+        if hasattr(sampler, name):
+            setattr(sampler, name, np.random.RandomState(value))
+    for name in INNER_SAMPLERS:
+        inner = getattr(sampler, name, None)
+        if isinstance(inner, optuna.samplers.BaseSampler):
+            reseed(inner, seed, study_name, number)
+
+
+def check_objectives(sampler: Any, objectives: Sequence[str]) -> None:
+    """Refuse a sampler that cannot optimise this many objectives, before any trial runs."""
+    if len(objectives) > 1 and isinstance(sampler, optuna.samplers.CmaEsSampler):
+        raise UserError(
+            f"hydra/sweeper/sampler=cmaes optimises one objective, not objective={list(objectives)}; "
+            "use tpe, motpe, nsgaii, random or grid for a multi-objective sweep"
+        )

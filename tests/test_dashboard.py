@@ -1,0 +1,183 @@
+"""Watching a sweep in optuna-dashboard: the page that a real headless Chromium renders for a finished sweep,
+served by the one command README gives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from postgres import free_port
+
+from conftest import REPO
+
+STUDY = "dash"
+STORAGE = f"sqlite:///multirun/{STUDY}/optuna.db"  # as README says, from the folder the sweep ran in
+# Headless as root on a machine without a display, a GPU or a network.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+# Virtual time runs as fast as the page allows: the dashboard's script loads and fetches the study in it.
+RENDER = ["--window-size=1280,900", "--virtual-time-budget=10000"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def program(name: str) -> str | None:
+    """`name` beside this Python (its virtual environment's scripts), else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> list[str]:
+    """The command line that starts headless Chromium; the test is skipped, saying why, where none starts."""
+    binary = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+    if not binary:
+        pytest.skip("no Chromium here (looked for chromium on PATH and /usr/bin/chromium): apt-get install chromium")
+    command = [binary, *CHROMIUM_FLAGS]
+    try:
+        probe = browse(command, "--dump-dom", "about:blank")
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"Chromium at {binary} could not be started: {error}")
+    if "<html" not in probe.stdout:
+        pytest.skip(f"Chromium at {binary} could not be started: {probe.stderr.strip()[-300:]}")
+    return command
+
+
+def browse(chromium: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """One headless Chromium run with a new empty profile."""
+    with tempfile.TemporaryDirectory(prefix="cnnsweep-chromium-") as profile:
+        command = [*chromium, f"--user-data-dir={profile}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def dashboard_program() -> str:
+    found = program("optuna-dashboard")
+    if not found:
+        pytest.skip('optuna-dashboard is not installed: pip install -e ".[dashboard]"')
+    return found
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder a two-trial sweep named STUDY ran in: its study is in multirun/STUDY/optuna.db."""
+    folder = tmp_path_factory.mktemp("watched")
+    args = [
+        "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100", "trainer.epochs=1",
+        "trainer.progress=false", "trainer.device=cpu", "hparams_search=lr_gamma_dropout",
+        f"hydra.sweeper.study_name={STUDY}", "hydra.sweeper.n_trials=2", "hydra/launcher=basic",
+        "hydra.sweeper.n_jobs=1",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=folder, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+@pytest.fixture
+def dashboard(dashboard_program: str, finished_sweep: Path, tmp_path: Path):
+    """README's command serving the finished sweep's study on a free loopback port; yields its base URL."""
+    port = free_port()
+    log_path = tmp_path / "dashboard.log"
+    with open(log_path, "w") as log:  # not a pipe: a full pipe would block the server
+        server = subprocess.Popen(
+            [dashboard_program, STORAGE, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=finished_sweep,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, f"optuna-dashboard exited: {log_path.read_text()[-1000:]}"
+                assert time.monotonic() < deadline, f"optuna-dashboard did not answer in 30 s: {log_path.read_text()}"
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+class TableCells(HTMLParser):
+    """The text of each row of a page's table cells (th and td), row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def table_rows(dom: str) -> list[list[str]]:
+    parser = TableCells()
+    parser.feed(dom)
+    return [row for row in parser.rows if any(row)]  # not the empty filler row that pads the last page
+
+
+def test_the_dashboard_shows_a_finished_sweeps_study_and_its_trials(chromium, dashboard, finished_sweep, tmp_path):
+    with urllib.request.urlopen(f"{dashboard}/api/studies", timeout=10) as answer:
+        summaries = json.load(answer)["study_summaries"]
+    assert [summary["study_name"] for summary in summaries] == [STUDY]
+    study_id = summaries[0]["study_id"]
+    trials = optuna.load_study(
+        study_name=STUDY, storage=f"sqlite:///{finished_sweep}/multirun/{STUDY}/optuna.db"
+    ).trials
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+
+    page = f"{dashboard}/dashboard/studies/{study_id}/trialTable"  # the study's trials, one row each
+    dom = browse(chromium, *RENDER, "--dump-dom", page).stdout
+    assert 'class="optuna-loading-wrapper"' not in dom, (
+        "the dashboard's script never ran (still the loading screen); with bottle>=0.13, optuna-dashboard 0.14 "
+        "serves bundle.js gzipped without Content-Encoding: keep bottle<0.13"
+    )
+    assert f">{STUDY} (id={study_id})<" in dom  # the study's name in the page's title bar
+    header, *rows = table_rows(dom)
+    header = [cell.removesuffix("sorted ascending") for cell in header]  # the sort column's screen-reader hint
+    names = sorted(trials[0].params)
+    assert header[:3] == ["Number", "State", "Value"]
+    assert header[3 : 3 + len(names)] == [f"Param {name}" for name in names]
+    shown = [(int(row[0]), row[1], float(row[2]), *map(float, row[3 : 3 + len(names)])) for row in rows]
+    # JavaScript and Python both print a float as its shortest round-trip text: equal floats, exactly.
+    assert shown == [(t.number, "Complete", t.value, *(t.params[name] for name in names)) for t in trials]
+
+    screenshot = tmp_path / "dashboard.png"
+    browse(chromium, *RENDER, f"--screenshot={screenshot}", page)
+    picture = screenshot.read_bytes()
+    assert picture.startswith(PNG_SIGNATURE) and picture[12:16] == b"IHDR"
+    assert (int.from_bytes(picture[16:20], "big"), int.from_bytes(picture[20:24], "big")) == (1280, 900)
+    assert len(picture) > 20_000  # a rendered table; a blank 1280x900 page compresses to a few kB

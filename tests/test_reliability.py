@@ -315,3 +315,15 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
     assert len(complete) == 3
     for lost in interrupted:
         assert any(t.params == lost.params for t in complete)  # interrupted parameters ran again
+
+
+def test_a_sweep_reading_an_unset_variable_is_refused_in_one_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    storage = "hydra.sweeper.storage=${oc.env:CNNSWEEP_UNSET_FOR_TEST}"
+    result = train_py("--multirun", "hparams_search=lr_gamma_dropout", storage, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: hydra.sweeper.storage reads the environment variable CNNSWEEP_UNSET_FOR_TEST, which is not set: "
+        "export it"
+    )
+    assert not sweep_dir.exists()

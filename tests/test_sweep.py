@@ -65,6 +65,13 @@ def train_py(*args: str, wait: bool = True):
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    """The one `error:` line a sweep that stopped early ends with (and no traceback)."""
+    assert result.returncode == exit_code and "Traceback" not in result.stdout + result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
 def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
     with open(sweep_dir / "trials.csv") as file:
         return list(csv.DictReader(file))
@@ -161,8 +168,7 @@ def test_a_diverging_trial_fails_without_stopping_the_sweep(tiny_mnist, tmp_path
 def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "optimizer.lr=1e9", "hydra.sweeper.n_trials=4"))
-    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    line = error_line(result, 1)
     assert line.startswith("error: 2 trials failed, more than max_failure_rate=0.25 of n_trials=4")
     assert line.endswith(f"trials on record in {sweep_dir / 'trials.csv'}")
     states = [row["state"] for row in read_trials(sweep_dir)]
@@ -280,11 +286,10 @@ def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(
     result = train_py(
         *optuna_overrides(tiny_mnist, sweep_dir, "objective=val_loss", "hydra.sweeper.direction=maximize")
     )
-    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+    assert error_line(result, 2) == (
         "error: hydra.sweeper.direction=maximize contradicts objective=val_loss, which is to minimize; "
         "drop hydra.sweeper.direction (it follows the objective)"
-    ]
+    )
     assert not (sweep_dir / "optuna.db").exists() and not list(sweep_dir.glob("*/summary.json"))
 
 
@@ -333,8 +338,7 @@ def test_cmaes_is_refused_for_several_objectives_in_one_line(tiny_mnist, tmp_pat
     sweep_dir = tmp_path / "sweep"
     args = sweep_overrides(tiny_mnist, sweep_dir, "hparams_search=pareto", "hydra/sweeper/sampler=cmaes", *IN_PROCESS)
     result = train_py(*args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    line = error_line(result, 2)
     assert line.startswith("error: hydra/sweeper/sampler=cmaes optimises one objective")
     assert not (sweep_dir / "optuna.db").exists()
 
@@ -358,8 +362,7 @@ def test_a_tiny_sweep_runs_with_each_sampler(tiny_mnist, tmp_path, sampler):
 def test_a_failure_every_trial_shares_stops_the_sweep_after_one_trial(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "data.val_size=600", "hydra.sweeper.n_trials=4"))
-    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    line = error_line(result, 2)
     assert line.startswith("error: trial 0 failed: data.val_size=600")
     assert line.endswith(f"every trial would fail the same way; trials on record in {sweep_dir / 'trials.csv'}")
     rows = read_trials(sweep_dir)
@@ -395,8 +398,7 @@ def test_a_space_almost_all_over_budget_stops_in_one_line(tiny_mnist, tmp_path):
         "model.widths.6=int(interval(3000,4000))",
     )  # fmt: skip
     result = train_py(*args)
-    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    line = error_line(result, 2)
     assert line.startswith("error: 40 of the study's 40 draws (100%) were over budget.max_params=20,000")
     assert "narrow the width ranges in hydra.sweeper.params" in line
     assert {row["state"] for row in read_trials(sweep_dir)} == {"PRUNED"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,14 +27,25 @@ NOT_A_RUN_PREFIXES = ("--shell-completion", "--config-name", "-cn", "--config-pa
 
 
 def precheck(argv: Sequence[str]) -> None:
-    """Exit with a one-line error (status 2) if a plain `python train.py ...` cannot start."""
-    if any(arg in NOT_A_RUN or arg.startswith(NOT_A_RUN_PREFIXES) for arg in argv):
-        return
+    """Exit with a one-line error (status 2) if `python train.py ...` cannot start: for a plain run, its
+    config and folder; for any, an environment variable that an override reads and that is not set."""
     try:
-        check_run(list(argv))
+        check_environment(argv)
+        if not any(arg in NOT_A_RUN or arg.startswith(NOT_A_RUN_PREFIXES) for arg in argv):
+            check_run(list(argv))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_environment(argv: Sequence[str]) -> None:
+    """UserError for an override that reads an unset variable (`'hydra.sweeper.storage=${oc.env:NAME}'`):
+    Hydra would stop on it with a traceback, a sweep only once it has started."""
+    for arg in argv:
+        for name in re.findall(r"\$\{oc\.env:([^,}]+)", arg):
+            if name.strip() not in os.environ:
+                key = arg.split("=", 1)[0]
+                raise UserError(f"{key} reads the environment variable {name.strip()}, which is not set: export it")
 
 
 def check_run(overrides: list[str]) -> None:

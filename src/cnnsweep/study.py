@@ -5,7 +5,7 @@ runs with its owner (host:pid) and keeps a heartbeat for them. A trial left RUNN
 that died (its process on this host is gone, its heartbeat is stale, or it never got an owner) is
 marked FAIL and its parameters are queued again through optuna's RetryFailedTrialCallback (the
 retry's system attr `failed_trial` names the first trial of its chain), so the study's total of
-trials is still reached.
+trials is still reached. A database server that is briefly unreachable is waited for (cnnsweep.storage).
 
 Why not optuna's own `fail_stale_trials(study)`: with several workers it raises as soon as another
 worker has failed one of the stale trials first, and the trials it had failed before that never get
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import os
 import socket
 import threading
@@ -25,12 +26,25 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+
+from cnnsweep.storage import (
+    DATABASE_ERRORS,
+    PATIENCE_S,
+    engine_options,
+    first_line,
+    is_network,
+    patiently,
+    wait_out_outages,
+)
+
+log = logging.getLogger(__name__)
 
 OWNER = "cnnsweep:owner"  # system attr: "host:pid" of the sweep process running the trial
 REQUEUED = "requeued"  # user attr: this FAILed trial's parameters were queued again
@@ -46,17 +60,31 @@ HEARTBEATS = sqlalchemy.table(
 )
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
-    """An RDB storage (SQLite, PostgreSQL, MySQL) for `url`, creating a SQLite file's folder."""
-    engine_kwargs = {}
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, patience_s: float = PATIENCE_S
+) -> RDBStorage:
+    """An RDB storage (SQLite, PostgreSQL, MySQL) for `url`, creating a SQLite file's folder.
+
+    A database server that is unreachable (now or later, while the storage is in use) is waited for
+    up to `patience_s` seconds (cnnsweep.storage); then StorageUnavailable, in one line.
+    """
+    engine_kwargs: dict[str, Any] = engine_options(url) if is_network(url) else {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+
+    def connect() -> RDBStorage:
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+        )
+
     for attempt in range(STORAGE_ATTEMPTS):
         try:
-            return RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-            )
+            if not is_network(url):
+                return connect()
+            storage = patiently(connect, url, (sqlalchemy.exc.OperationalError,), patience_s)
+            wait_out_outages(storage.engine, url, patience_s)
+            return storage
         except sqlalchemy.exc.SQLAlchemyError:
             # Workers started together on a new database race to create its tables and stamp its
             # schema version; the loser finds them made on the next attempt.
@@ -93,8 +121,20 @@ def counts_toward_total(trial: FrozenTrial, over_budget_counts: bool = False) ->
     return not (attrs.get(REQUEUED) or attrs.get(SURPLUS) or (attrs.get(OVER_BUDGET) and not over_budget_counts))
 
 
-def n_counted(trials: Iterable[FrozenTrial], over_budget_counts: bool = False) -> int:
-    return sum(counts_toward_total(trial, over_budget_counts) for trial in trials)
+def n_counted(trials: Iterable[FrozenTrial], over_budget_counts: bool = False, before: int | None = None) -> int:
+    """How many of the study's `trials` (all of them; those numbered below `before`, if given) use up n_trials.
+
+    A re-queued failure still holds its place until its retry is queued: a worker that counted in the
+    moment between the two would otherwise start a fresh trial, and the retry, ranked after it on the
+    study's last place, would be set aside as surplus and its parameters never run again.
+    """
+    trials = list(trials)
+    holding = {trial.number for trial in unretried(trials, failed_only=False)}
+    return sum(
+        counts_toward_total(trial, over_budget_counts) or trial.number in holding
+        for trial in trials
+        if before is None or trial.number < before
+    )
 
 
 def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
@@ -184,13 +224,14 @@ def fresh_copy(trial: FrozenTrial) -> FrozenTrial:
     return copied
 
 
-def unretried(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Re-queued failures with no later retry of their chain (their worker died before queueing it)."""
+def unretried(trials: list[FrozenTrial], failed_only: bool = True) -> list[FrozenTrial]:
+    """Re-queued failures with no later retry of their chain (their worker died before queueing it, or
+    is about to queue it); with `failed_only=False` also those being failed at this moment."""
     retries = [(t.number, t.system_attrs[RETRIED_FROM]) for t in trials if RETRIED_FROM in t.system_attrs]
     return [
         t
         for t in trials
-        if t.state == TrialState.FAIL
+        if (t.state == TrialState.FAIL or not failed_only)
         and t.user_attrs.get(REQUEUED)
         and not any(n > t.number and root == t.system_attrs.get(RETRIED_FROM, t.number) for n, root in retries)
     ]
@@ -215,8 +256,8 @@ def claim(
     owned.set_trial_system_attr(trial._trial_id, OWNER, this_worker())
     if storage.is_heartbeat_enabled():
         storage.record_heartbeat(trial._trial_id)
-    earlier = [t for t in storage.get_all_trials(study._study_id, deepcopy=False) if t.number < trial.number]
-    if n_counted(earlier, over_budget_counts) < n_trials:
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    if n_counted(trials, over_budget_counts, before=trial.number) < n_trials:
         return True
     owned.set_trial_user_attr(trial._trial_id, SURPLUS, True)
     owned.set_trial_state(trial._trial_id, TrialState.FAIL)
@@ -234,7 +275,11 @@ def heartbeats(storage: RDBStorage, trial_ids: list[int]) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(storage.get_heartbeat_interval()):
             for trial_id in trial_ids:
-                storage.record_heartbeat(trial_id)
+                try:
+                    storage.record_heartbeat(trial_id)
+                except DATABASE_ERRORS as error:
+                    # The trial goes on; the next beat tries again (and the sweep's own next step reports the outage).
+                    log.warning(f"heartbeat of trial id {trial_id} not recorded: {first_line(error)}")
 
     thread = threading.Thread(target=beat, name="cnnsweep-heartbeat", daemon=True)
     thread.start()

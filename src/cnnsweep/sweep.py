@@ -16,9 +16,13 @@ it reuses):
 - the study lives in storage (SQLite by default) and `n_trials` is the study's total: rerunning
   the command continues it, trials left RUNNING by a dead worker are failed and re-queued, and
   several workers may share one study;
-- trials.csv and optimization_results.yaml describe every trial, after every batch;
-- a sweep that stops early (a shared failure, too many failures, Ctrl-C, a bad setting) says why in
-  one line, with the path of trials.csv, and exits non-zero.
+- trials.csv and optimization_results.yaml describe every trial, after every batch, and show the
+  storage URL (as the log does) with its password masked;
+- a job that ends without a result (killed, lost, past submitit's timeout) FAILs its trial, and
+  submitit does not restart a timed-out job from its first epoch;
+- a database briefly unreachable is waited for (cnnsweep.storage), and given up in one line;
+- a sweep that stops early (a shared failure, too many failures, Ctrl-C, a bad setting, the database)
+  says why in one line, with the path of trials.csv, and exits non-zero.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +51,10 @@ from cnnsweep.objectives import checked_directions
 from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, sweep_objectives, write_results
 from cnnsweep.samplers import GridSearch, check_objectives, reseed
 from cnnsweep.signals import Interrupted, stop_requests
+from cnnsweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, password_of, shown_url
 from cnnsweep.study import (
     OVER_BUDGET,
+    OWNER,
     REASON,
     claim,
     heartbeats,
@@ -55,9 +62,13 @@ from cnnsweep.study import (
     open_storage,
     requeue_lost_trials,
     retry_later,
+    this_worker,
 )
 
 log = logging.getLogger(__name__)
+
+WAIT = object()  # _next_trial's answer while a full study's last trials run in other workers
+WAIT_POLL_S = 10.0  # how often a waiting worker looks again (at most; the heartbeat interval if shorter)
 
 # An almost all over-budget search space: stop once this share of at least this many draws was over budget.
 OVER_BUDGET_SHARE = 0.9
@@ -78,6 +89,10 @@ class SharedFailure(SweepStopped):
     """A trial failed on a setting every trial shares: the next ones would fail the same way."""
 
     exit_code = 2
+
+
+class JobLost(Exception):
+    """The trial's job ended without handing back its result (killed, out of memory, its node lost)."""
 
 
 class StudySweeper(OptunaSweeperImpl):
@@ -104,7 +119,10 @@ class StudySweeper(OptunaSweeperImpl):
         self.distributions, self.fixed_params = self._search_space(arguments)
         check_objectives(self.sampler, self.objectives)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        # Unresolved, as Hydra saves each job's .hydra/: a storage URL read with ${oc.env:...} stays that text here.
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        one_try_per_job(self.launcher)
+        warn_of_a_typed_password(self.storage, self.config.hydra.overrides.hydra)
         self.rdb = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
         study = optuna.create_study(
             study_name=self.study_name,
@@ -116,17 +134,17 @@ class StudySweeper(OptunaSweeperImpl):
         )
         if [d.name.lower() for d in study.directions] != self.directions:
             raise UserError(
-                f"study {self.study_name!r} in {self.storage} was made to "
+                f"study {self.study_name!r} in {shown_url(self.storage)} was made to "
                 f"{[d.name.lower() for d in study.directions]}, not {self.directions} as objective="
                 f"{self.objectives} asks; choose a new hydra.sweeper.study_name"
             )
         self.study_id = study._study_id
-        log.info(f"study {study.study_name!r} in {self.storage}: {len(study.trials)} trials so far")
+        log.info(f"study {study.study_name!r} in {shown_url(self.storage)}: {len(study.trials)} trials so far")
         if len(self.objectives) > 1:
             log.info(f"objectives {self.objectives}: optuna 2.10 cannot prune multi-objective trials; none is pruned")
 
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
-        self.failures, self.stop, self.errors = 0, False, []
+        self.failures, self.stop, self.errors, self.waiting_for = 0, False, [], []
         # Hydra's basic launcher runs jobs in this process, one at a time; other launchers (joblib,
         # submitit) run each lane's trial elsewhere, so a new trial starts as soon as any one ends.
         lanes = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs
@@ -139,7 +157,8 @@ class StudySweeper(OptunaSweeperImpl):
                     thread.start()
                 for thread in threads:
                     thread.join()
-        self._write_results()
+        if not any(isinstance(error, DATABASE_ERRORS) for error in self.errors):
+            self._write_results()  # (without the database, the files written after the last finished trial stand)
         if self.errors:
             raise self.errors[0]
         self.stop_signal.check()
@@ -153,15 +172,23 @@ class StudySweeper(OptunaSweeperImpl):
             return f"{error}; {table}", error.exit_code
         if isinstance(error, UserError):
             return str(error), 2
+        if isinstance(error, StorageUnavailable):
+            return f"{error}; {table}", error.exit_code
+        if isinstance(error, DATABASE_ERRORS):  # a connection that broke in the middle of a statement
+            said = error_line(error, self.storage)
+            return f"database {shown_url(self.storage)} failed: {said}; rerun the same command to continue; {table}", 1
         return None
 
     def _lane(self) -> None:
         """Run trials one after another until the study is full, the sweep aborts, or an error stops it."""
         try:
             while (trial_overrides := self._next_trial()) is not None:
+                if trial_overrides is WAIT:
+                    self._pause()
+                    continue
                 trial, overrides = trial_overrides
                 with heartbeats(self.rdb, [trial._trial_id]):
-                    [job] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                    job = self._launch(overrides, trial.number)
                 with self.lock:
                     self._finish(self._load(), trial.number, job)
                     self._write_results()
@@ -178,10 +205,30 @@ class StudySweeper(OptunaSweeperImpl):
                 self.stop = True
                 self.errors.append(error)
 
-    def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | None:
+    def _launch(self, overrides: tuple[str, ...], number: int) -> JobReturn:
+        """Run the trial's job. A job in another process that ended without returning (killed, out of
+        memory, its node lost) is a failed job: its trial FAILs, and the sweep goes on."""
+        try:
+            [job] = self.launcher.launch([overrides], initial_job_idx=number)
+        except Exception as error:
+            if isinstance(self.launcher, BasicLauncher):
+                raise  # in this process: not a lost job, a bug
+            said = " ".join(line.strip() for line in str(error).splitlines()[:2])  # submitit's: which job, what state
+            return JobReturn(status=JobStatus.FAILED, _return_value=JobLost(said or type(error).__name__))
+        return job
+
+    def _pause(self) -> None:
+        """Wait a little (WAIT: other workers' trials are running on a full study), waking for a stop signal."""
+        deadline = time.monotonic() + max(0.5, min(WAIT_POLL_S, self.heartbeat_interval or WAIT_POLL_S))
+        while time.monotonic() < deadline and not (self.stop or self.stop_signal.signal_number is not None):
+            time.sleep(0.2)
+
+    def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | object | None:
         """Ask for and claim the next trial with its job overrides; None when there is nothing left to run.
 
         Draws over the parameter budget are recorded as PRUNED here, without a job, and do not count.
+        WAIT while the study is full but other workers' trials are still running: if one of those
+        workers is lost (its heartbeat goes stale), its trial is re-queued and run here.
         """
         with self.lock:
             while not (self.stop or self.stop_signal.signal_number is not None):
@@ -194,7 +241,7 @@ class StudySweeper(OptunaSweeperImpl):
                 trials = self.rdb.get_all_trials(self.study_id, deepcopy=False)
                 queued = any(t.state == TrialState.WAITING for t in trials)  # re-queued trials: ask() runs them first
                 if not queued and n_counted(trials, self.counts_over_budget) >= self.n_trials:
-                    return None
+                    return self._wait_for_others(trials)
                 # Relative samplers (CMA-ES, NSGA-II, multivariate TPE) draw inside ask(): seed them for the
                 # number the new trial will most likely get, and again once it is known.
                 reseed(self.sampler, self.seed, self.study_name, len(trials))
@@ -209,6 +256,17 @@ class StudySweeper(OptunaSweeperImpl):
                 per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
                 return trial, (*overrides, *per_job)
             return None
+
+    def _wait_for_others(self, trials: list[optuna.trial.FrozenTrial]) -> object | None:
+        """WAIT while trials of other workers run (each lost one becomes this worker's to retry), else None."""
+        me = this_worker()
+        others = [t.number for t in trials if t.state == TrialState.RUNNING and t.system_attrs.get(OWNER) != me]
+        if not others:
+            return None
+        if others != self.waiting_for:
+            log.info(f"the study is full; waiting for trials {others} of other workers (one lost is run again here)")
+            self.waiting_for = others
+        return WAIT
 
     @property
     def counts_over_budget(self) -> bool:
@@ -291,6 +349,9 @@ class StudySweeper(OptunaSweeperImpl):
             pruned = isinstance(error, (optuna.TrialPruned, OverBudget))
             state, values = (TrialState.PRUNED if pruned else TrialState.FAIL), None
             attrs[REASON] = str(error) if pruned else f"{type(error).__name__}: {error}"
+            if timed_out(error):
+                minutes = self.config.hydra.launcher.get("timeout_min")
+                attrs[REASON] = f"timed out: the job ran into hydra.launcher.timeout_min={minutes}; raise it"
             if isinstance(error, OverBudget):
                 attrs["n_params"], attrs[OVER_BUDGET] = error.n_params, True
             log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
@@ -325,12 +386,39 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _write_results(self) -> None:
         rows, overrides = study_rows(self.rdb.get_all_trials(self.study_id), self.objectives)
-        header = {"name": "optuna", "study_name": self.study_name, "storage": self.storage}
+        header = {"name": "optuna", "study_name": self.study_name, "storage": shown_url(self.storage)}
         best = write_results(self.sweep_dir, rows, overrides, self.objectives, self.directions, header)
         if isinstance(best, list):
             log.info(f"Pareto front so far: trials {[row['number'] for row in best]}")
         elif best is not None:
             log.info(f"best so far: trial {best['number']}, value {best['value']}")
+
+
+def warn_of_a_typed_password(storage: str, hydra_overrides: list[str]) -> None:
+    """One warning line if the storage URL's password was typed on the command line, which Hydra records."""
+    password = password_of(storage)
+    if password and any(password in override for override in hydra_overrides):
+        log.warning(
+            "the storage URL's password is on the command line, and Hydra records command-line overrides in "
+            "multirun.yaml and each job's .hydra/ (cnnsweep masks it in its own files and logs): pass "
+            "'hydra.sweeper.storage=${oc.env:CNNSWEEP_STORAGE}' instead (README, Sweeps: Parallel)"
+        )
+
+
+def one_try_per_job(launcher: Any) -> None:
+    """Stop submitit from requeueing a job that reaches hydra.launcher.timeout_min.
+
+    submitit's local executor requeues such a job up to 3 times (SLURM's config: 0): the trial would start
+    over from its first epoch each time, then FAIL anyway. With one try, it FAILs at its first timeout.
+    """
+    params = getattr(launcher, "params", None)  # hydra-submitit-launcher's settings, passed on to submitit
+    if getattr(launcher, "_EXECUTOR", None) is not None and isinstance(params, dict):
+        params.setdefault("max_num_timeout", 0)
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether submitit stopped the job at hydra.launcher.timeout_min (its signal, raised inside the job)."""
+    return type(error).__name__ == "UncompletedJobError" and "timed-out" in str(error)
 
 
 def tell(study: optuna.Study, number: int, values: list[float] | None, state: TrialState) -> None:

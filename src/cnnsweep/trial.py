@@ -3,7 +3,9 @@
 cnnsweep's sweeper tells each job its trial number through the per-job override
 `hydra.sweeper.trial=N`; the job opens the study from `hydra.sweeper.storage` and
 `hydra.sweeper.study_name` and reports to its own trial there, so pruning works with every
-launcher (in-process, joblib, submitit) and across machines sharing one storage.
+launcher (in-process, joblib, submitit) and across machines sharing one storage. The job reads the
+storage URL itself (a `${oc.env:...}` one from its own environment) and, like the sweeper, waits out a
+database that is briefly unreachable (cnnsweep.storage) before it gives up on its trial.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ import statistics
 
 import pytest
 
+from cnnsweep.artifacts import parse_value
+from cnnsweep.results import pareto_rows
+
 from conftest import REPO, compose_train
 
 RESULTS = REPO / "results" / "recipes"
@@ -51,3 +54,24 @@ def test_readme_row_is_the_mean_and_std_of_three_seeds(recipe):
 def test_the_shipped_recipe_runs_as_long_as_the_measured_one(recipe):
     cfg = compose_train([] if recipe == "seed_recipe" else [f"experiment={recipe}"])
     assert {int(row["epoch"]) for row in final_epochs(recipe)} == {cfg.trainer.epochs}
+
+
+def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
+    with (REPO / "results" / "sweeps" / "pareto.trials.csv").open(newline="") as handle:
+        rows = [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    front = pareto_rows(rows, ["val_acc", "n_params"], ["maximize", "minimize"])
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("### A measured front") : text.index("![Pareto front")]
+    shown = [line.split("|")[1:6] for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    expected = [
+        [
+            str(row["number"]),
+            ", ".join(str(row[f"model.widths.{i}"]) for i in range(7)),
+            f"{row['n_params']:,}",
+            f"{100 * row['value_val_acc']:.2f}",
+            f"{100 * row['test_acc']:.2f}",
+        ]
+        for row in front
+    ]
+    assert [[cell.strip() for cell in line] for line in shown] == expected
+    assert f"gave this front of {len(front)} of its {len(rows)} trials" in " ".join(table.split())

@@ -269,3 +269,18 @@ def test_a_refused_password_fails_at_once_in_one_line_without_the_password(secre
         r"database postgresql://cnnsweep:\*\*\*@127\.0\.0\.1:\d+/cnnsweep refused the connection: ", message
     )
     assert 'password authentication failed for user "cnnsweep"' in message and "not-the-password" not in message
+
+
+def test_submitit_jobs_get_one_try_before_timing_out(submitit):
+    """one_try_per_job sets hydra-submitit-launcher's `params` (read through its `_EXECUTOR` marker, a private
+    attribute): this fails if the launcher stops keeping its settings there or passing max_num_timeout on."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+
+    from cnnsweep.sweep import one_try_per_job
+
+    launcher = LocalLauncher(submitit_folder="unused", timeout_min=1)
+    assert launcher._EXECUTOR == "local" and launcher.params["timeout_min"] == 1
+    one_try_per_job(launcher)
+    assert launcher.params["max_num_timeout"] == 0
+    source = Path(sys.modules[LocalLauncher.__module__].__file__).read_text()
+    assert 'specific_init_keys = {"max_num_timeout"}' in source  # the launcher hands it to submitit's executor

@@ -24,6 +24,10 @@ def direction_of(objective: str) -> str:
     return MAXIMIZE if objective.endswith("_acc") or objective == "auto" else MINIMIZE
 
 
+def directions_of(objectives: Sequence[str]) -> list[str]:
+    return [direction_of(name) for name in objectives]
+
+
 def resolve_objective(name: str, val_size: int) -> str:
     """`auto` -> val_acc with a validation split, else test_acc; other names are checked."""
     if name == "auto":
@@ -55,7 +59,7 @@ def checkpoint_metric(objectives: Sequence[str], val_size: int) -> str:
 
 def checked_directions(objectives: Sequence[str], direction: Any) -> list[str]:
     """The study's directions: each objective's own, refusing an explicit `direction` that contradicts them."""
-    derived = [direction_of(name) for name in objectives]
+    derived = directions_of(objectives)
     if direction is None:
         return derived
     given = [direction] if isinstance(direction, str) or not isinstance(direction, Sequence) else list(direction)

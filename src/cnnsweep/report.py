@@ -27,11 +27,12 @@ import yaml
 
 from cnnsweep.artifacts import RunFolder, parse_value, read_csv
 from cnnsweep.errors import UserError
-from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of
+from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
 from cnnsweep.results import (
     BEST_FILE,
     TRIALS_FILE,
     best_row,
+    count_states,
     folder_rows,
     pareto_rows,
     row_params,
@@ -138,7 +139,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
     config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
     study_name = config.get("hydra", {}).get("sweeper", {}).get("study_name")
     objectives = sweep_objectives(config)
-    directions = [direction_of(name) for name in objectives]
+    directions = directions_of(objectives)
     study = None
     if study_name and (sweep_dir / "optuna.db").is_file():
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
@@ -148,9 +149,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
         rows = read_csv(sweep_dir / TRIALS_FILE)
     else:
         rows, _ = folder_rows(sweep_dir, objectives)
-    states: dict[str, int] = {}
-    for row in rows:
-        states[row["state"]] = states.get(row["state"], 0) + 1
+    states = count_states(rows)
     several = len(objectives) > 1
     return {
         "sweep": str(sweep_dir),

@@ -11,6 +11,7 @@ its Pareto front: the trials no other trial beats in every objective.
 from __future__ import annotations
 
 import shlex
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.artifacts import RunFolder, write_csv, write_text
-from cnnsweep.objectives import MAXIMIZE, N_PARAMS, direction_of, resolve_objectives
+from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
 from cnnsweep.study import REQUEUED, SURPLUS
 
 TRIALS_FILE = "trials.csv"
@@ -51,11 +52,6 @@ def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]
         "run_dir": str(run_dir),
         "reason": summary.get("error"),
     }
-
-
-def value_columns(objectives: Sequence[str]) -> list[str]:
-    """The table's columns of objective values: `value`, and `value_<name>` for each of several objectives."""
-    return ["value"] if len(objectives) == 1 else ["value", *(f"value_{name}" for name in objectives)]
 
 
 def table_row(
@@ -135,9 +131,7 @@ def write_results(
     """
     rows = sorted(rows, key=lambda row: row["number"])
     write_csv(sweep_dir / TRIALS_FILE, rows)
-    states: dict[str, int] = {}
-    for row in rows:
-        states[row["state"]] = states.get(row["state"], 0) + 1
+    states = count_states(rows)
     results: dict[str, Any] = {**header}
     if len(objectives) == 1:
         results |= {"objective": objectives[0], "direction": directions[0], "n_trials_by_state": states}
@@ -151,6 +145,11 @@ def write_results(
         results["pareto_front"] = [trial_entry(row, objectives, overrides) for row in best]
     write_text(sweep_dir / BEST_FILE, yaml.safe_dump(results, sort_keys=False))
     return best
+
+
+def count_states(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many rows are in each state."""
+    return dict(Counter(row["state"] for row in rows))
 
 
 def trial_entry(row: dict[str, Any], objectives: Sequence[str], overrides: dict[int, list[str]]) -> dict[str, Any]:
@@ -252,5 +251,4 @@ class SweepTable(Callback):
             return
         objectives = sweep_objectives(config)
         rows, overrides = folder_rows(sweep_dir, objectives, in_flight)
-        directions = [direction_of(name) for name in objectives]
-        write_results(sweep_dir, rows, overrides, objectives, directions, {"name": "grid"})
+        write_results(sweep_dir, rows, overrides, objectives, directions_of(objectives), {"name": "grid"})

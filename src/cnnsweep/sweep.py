@@ -285,9 +285,8 @@ class StudySweeper(OptunaSweeperImpl):
             check_budget(n_params, cfg.budget.max_params)
             return False
         except OverBudget as error:
-            trial.set_user_attr("n_params", error.n_params)
-            trial.set_user_attr(OVER_BUDGET, True)
-            trial.set_user_attr(REASON, str(error))
+            for key, item in over_budget_facts(error).items():
+                trial.set_user_attr(key, item)
             tell(study, trial.number, None, TrialState.PRUNED)
             log.info(f"trial {trial.number} PRUNED before it started: {error}")
             self._check_over_budget_share(error.max_params)
@@ -353,7 +352,7 @@ class StudySweeper(OptunaSweeperImpl):
                 minutes = self.config.hydra.launcher.get("timeout_min")
                 attrs[REASON] = f"timed out: the job ran into hydra.launcher.timeout_min={minutes}; raise it"
             if isinstance(error, OverBudget):
-                attrs["n_params"], attrs[OVER_BUDGET] = error.n_params, True
+                attrs |= over_budget_facts(error)
             log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
         for key, item in attrs.items():
             study._storage.set_trial_user_attr(trial_id, key, item)
@@ -365,7 +364,8 @@ class StudySweeper(OptunaSweeperImpl):
         tell(study, number, values, state)
         if state == TrialState.FAIL:
             self.failures += 1
-            if isinstance(error, UserError) and not names_a_parameter(str(error), study.trials[number].params):
+            params = self.rdb.get_trial(trial_id).params  # (study.trials would copy every trial of the study)
+            if isinstance(error, UserError) and not names_a_parameter(str(error), params):
                 self.stop = True
                 self.errors.append(
                     SharedFailure(f"trial {number} failed: {error}; every trial would fail the same way")
@@ -419,6 +419,11 @@ def one_try_per_job(launcher: Any) -> None:
 def timed_out(error: BaseException) -> bool:
     """Whether submitit stopped the job at hydra.launcher.timeout_min (its signal, raised inside the job)."""
     return type(error).__name__ == "UncompletedJobError" and "timed-out" in str(error)
+
+
+def over_budget_facts(error: OverBudget) -> dict[str, Any]:
+    """What a trial whose network was over budget records (in the sweep's process or its job)."""
+    return {"n_params": error.n_params, OVER_BUDGET: True, REASON: str(error)}
 
 
 def tell(study: optuna.Study, number: int, values: list[float] | None, state: TrialState) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnsweep.augment import NoAugmentation, RandomAffine, RandomRotation, affine, rotate
+from cnnsweep.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation, affine, rotate
 from cnnsweep.errors import UserError
 
 
@@ -93,3 +93,67 @@ def test_bad_affine_settings_are_refused(settings, message):
     with pytest.raises(UserError) as error:
         RandomAffine(**({"degrees": 7.0, "translate": 0.1, "scale": [0.9, 1.1]} | settings))
     assert message in str(error.value)
+
+
+def crop_flip_outcomes(image: torch.Tensor, padding: int) -> dict[tuple, torch.Tensor]:
+    """Every image torchvision's RandomCrop(padding, fill=0) + RandomHorizontalFlip can make of `image`,
+    by (top, left, mirrored), through torchvision's own functional ops."""
+    from torchvision.transforms import functional as tf
+
+    size = image.shape[-1]
+    padded = tf.pad(image, [padding], fill=0)
+    outcomes = {}
+    for top in range(2 * padding + 1):
+        for left in range(2 * padding + 1):
+            crop = tf.crop(padded, top, left, size, size)
+            outcomes[(top, left, False)] = crop
+            outcomes[(top, left, True)] = tf.hflip(crop)
+    return outcomes
+
+
+def outcome_counts(images: torch.Tensor, outcomes: dict[tuple, torch.Tensor]) -> dict[tuple, int]:
+    lookup = {tuple(value.flatten().tolist()): key for key, value in outcomes.items()}
+    counts = dict.fromkeys(outcomes, 0)
+    for image in images:
+        counts[lookup[tuple(image.flatten().tolist())]] += 1  # KeyError: an image torchvision cannot make
+    return counts
+
+
+def test_crop_flip_draws_the_same_distribution_as_torchvisions_per_image_transforms():
+    from torchvision import transforms
+
+    image = (torch.arange(3 * 10 * 10).view(3, 10, 10) + 1).float() / 300  # every pixel distinct and non-zero
+    outcomes = crop_flip_outcomes(image, padding=2)
+    assert len({tuple(v.flatten().tolist()) for v in outcomes.values()}) == 50  # 5 x 5 offsets x 2
+    n = 5000
+    ours = RandomCropFlip(padding=2, flip=True)(image.repeat(n, 1, 1, 1), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    per_image = transforms.Compose([transforms.RandomCrop(10, padding=2, fill=0), transforms.RandomHorizontalFlip()])
+    theirs = torch.stack([per_image(image) for _ in range(n)])
+    expected = n / 50
+    for counts in (outcome_counts(ours, outcomes), outcome_counts(theirs, outcomes)):
+        chi_square = sum((count - expected) ** 2 / expected for count in counts.values())
+        assert chi_square < 86.7  # the 0.999 quantile of chi-square with 49 degrees of freedom
+    mirrored = sum(count for (_, _, flip), count in outcome_counts(ours, outcomes).items() if flip)
+    assert abs(mirrored / n - 0.5) < 0.03
+
+
+def test_crop_flip_without_flip_never_mirrors_and_padding_zero_is_the_identity():
+    image = (torch.arange(100).view(1, 10, 10) + 1).float() / 100
+    outcomes = crop_flip_outcomes(image, padding=1)
+    counts = outcome_counts(RandomCropFlip(1, flip=False)(image.repeat(400, 1, 1, 1), torch.Generator()), outcomes)
+    assert sum(count for (_, _, flip), count in counts.items() if flip) == 0
+    assert all(count > 0 for (_, _, flip), count in counts.items() if not flip)  # all 9 offsets drawn
+    batch = digits()
+    assert torch.equal(RandomCropFlip(0, flip=False)(batch, torch.Generator()), batch)
+    both = RandomCropFlip(0, flip=True)(batch, torch.Generator().manual_seed(0))
+    assert all(torch.equal(b, a) or torch.equal(b, a.flip(2)) for a, b in zip(batch, both, strict=True))
+    with pytest.raises(UserError, match="augmentation.padding=-1 must be >= 0"):
+        RandomCropFlip(-1, flip=True)
+
+
+def test_crop_flip_draws_are_seeded_per_image():
+    batch = digits(1).repeat(32, 1, 1, 1)
+    first = RandomCropFlip(2, True)(batch, torch.Generator().manual_seed(5))
+    assert torch.equal(first, RandomCropFlip(2, True)(batch, torch.Generator().manual_seed(5)))
+    assert len({tuple(image.flatten().tolist()) for image in first}) > 16

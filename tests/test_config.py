@@ -5,8 +5,8 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from cnnsweep.augment import NoAugmentation, RandomAffine, RandomRotation
-from cnnsweep.data import MNISTData
+from cnnsweep.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation
+from cnnsweep.data import ImageData
 from cnnsweep.loop import Trainer
 from cnnsweep.model import check_budget, count_parameters
 from cnnsweep.schema import compose_config
@@ -27,7 +27,12 @@ def test_the_required_options_exist():
         ("scheduler", "cosine"),
         ("augmentation", "rotate"),
         ("augmentation", "none"),
+        ("augmentation", "crop_flip"),
         ("data", "mnist"),
+        ("data", "fashion_mnist"),
+        ("data", "kmnist"),
+        ("data", "cifar10"),
+        ("data", "image_folder"),
         ("trainer", "default"),
     }
     assert required <= set(OPTIONS)
@@ -35,14 +40,15 @@ def test_the_required_options_exist():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes_and_instantiates(group, option):
-    cfg = compose_train([f"{group}={option}"])
+    needed = ["data.root=folder", "data.num_classes=3"] if option == "image_folder" else []  # the user's to say
+    cfg = compose_train([f"{group}={option}", *needed])
     model = instantiate(cfg.model, _convert_="all")
     optimizer = instantiate(cfg.optimizer, _convert_="all")(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
-    assert isinstance(instantiate(cfg.augmentation), (RandomRotation, RandomAffine, NoAugmentation))
-    assert isinstance(instantiate(cfg.data), MNISTData)
+    assert isinstance(instantiate(cfg.augmentation), (RandomRotation, RandomAffine, RandomCropFlip, NoAugmentation))
+    assert isinstance(instantiate(cfg.data), ImageData)
     assert isinstance(instantiate(cfg.trainer), Trainer)
 
 
@@ -52,7 +58,7 @@ def test_default_composition_is_the_reference_recipe():
     assert (cfg.optimizer.lr, cfg.optimizer.momentum) == (0.025, 0.9)
     assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (9, 0.15)
     assert (cfg.augmentation.degrees, cfg.augmentation.interpolation) == (7.0, "nearest")
-    assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.data.val_size) == (128, 0.1307, 0.3081, 0)
+    assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.data.val_size) == (128, [0.1307], [0.3081], 0)
     assert cfg.trainer.epochs == 19
     assert (cfg.trainer.label_smoothing, cfg.trainer.ema_decay) == (0.0, None)
     assert cfg.model.dropout == 0.1

@@ -1,8 +1,13 @@
+import pickle
+import shutil
+
 import pytest
 import torch
 
-from cnnsweep.data import MNISTData, n_batches, ordered_batches, shuffled_batches
-from cnnsweep.errors import UserError
+from cnnsweep.data import ImageFolderData, MNISTData, n_batches, ordered_batches, shuffled_batches
+from cnnsweep.errors import UserError, make
+
+from conftest import compose_train, write_cifar10, write_image_folder
 
 
 def mnist(root, **changes) -> MNISTData:
@@ -14,11 +19,19 @@ def mnist(root, **changes) -> MNISTData:
         split_seed=0,
         train_limit=None,
         test_limit=None,
-        mean=0.1307,
-        std=0.3081,
+        in_channels=1,
+        image_size=28,
+        num_classes=10,
+        mean=[0.1307],
+        std=[0.3081],
         download=False,
     )
     return MNISTData(**(settings | changes))
+
+
+def data_option(option: str, root, *overrides: str):
+    """The data object `python train.py data=<option> data.root=<root> ...` builds."""
+    return make(compose_train([f"data={option}", f"data.root={root}", "data.download=false", *overrides]).data)
 
 
 def test_load_puts_uint8_images_and_labels_on_the_device(tiny_mnist):
@@ -117,3 +130,111 @@ def test_image_and_label_counts_must_agree(tiny_mnist, tmp_path):
     labels.write_bytes(data[:4] + (150).to_bytes(4, "big") + data[8:158])
     with pytest.raises(UserError, match="holds 200 images but .* holds 150 labels"):
         mnist(tmp_path).load(torch.device("cpu"))
+
+
+def test_kmnist_reads_its_own_folder_through_torchvision(tiny_kmnist, tiny_mnist):
+    splits = data_option("kmnist", tiny_kmnist).load(torch.device("cpu"))
+    assert splits.train.images.shape == (300, 1, 28, 28) and len(splits.test) == 100
+    with pytest.raises(UserError, match=r"KMNIST could not be read from .*/KMNIST/raw"):
+        data_option("kmnist", tiny_mnist).load(torch.device("cpu"))  # MNIST files are not KMNIST's
+
+
+def test_cifar10_reads_generated_batches_without_md5_and_refuses_them_with_it(tiny_cifar10):
+    splits = data_option("cifar10", tiny_cifar10, "data.check_md5=false", "data.val_size=20").load(torch.device("cpu"))
+    assert splits.train.images.shape == (180, 3, 32, 32) and splits.train.images.dtype == torch.uint8
+    assert len(splits.val) == 20 and len(splits.test) == 40
+    first = pickle.loads((tiny_cifar10 / "cifar-10-batches-py" / "test_batch").read_bytes())
+    # rows of 3072 bytes are the R, G and B planes: the tensor is N x C x H x W in that order
+    assert torch.equal(splits.test.images[0].flatten(), torch.from_numpy(first["data"][0]))
+    assert splits.test.labels.tolist() == first["labels"]
+    with pytest.raises(UserError) as error:  # the official release's MD5 sums are checked by default
+        data_option("cifar10", tiny_cifar10).load(torch.device("cpu"))
+    message = str(error.value)
+    assert "differ from the official release's MD5 sums" in message and "data.check_md5=false" in message
+    assert "\n" not in message
+
+
+def test_damaged_cifar10_batches_are_named(tiny_cifar10, tmp_path):
+    root = write_cifar10(tmp_path, n=4, seed=0)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"CIFAR-10 files in .*cifar-10-batches-py are damaged"):
+        data_option("cifar10", root, "data.check_md5=false").load(torch.device("cpu"))
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(UserError, match="its files are missing"):
+        data_option("cifar10", root, "data.check_md5=false").load(torch.device("cpu"))
+
+
+def test_image_folder_reads_train_and_test_folders_resized_to_image_size(tiny_image_folder):
+    data = data_option("image_folder", tiny_image_folder, "data.num_classes=3", "data.image_size=20")
+    splits = data.load(torch.device("cpu"))
+    assert splits.train.images.shape == (90, 3, 20, 20) and splits.test.images.shape == (30, 3, 20, 20)
+    assert splits.train.labels.bincount().tolist() == [30, 30, 30]  # blue, green, red: sorted folder names
+    red = splits.train.images[splits.train.labels == 2].float().mean((0, 2, 3))
+    assert red[0] > red[1] + 100 and red[0] > red[2] + 100
+    # mean and std null: computed per channel from the training images at load
+    assert len(data.mean) == 3 and all(0 < m < 1 for m in data.mean) and all(0 < s < 1 for s in data.std)
+    grey = data_option("image_folder", tiny_image_folder, "data.num_classes=3", "data.in_channels=1").load(
+        torch.device("cpu")
+    )
+    assert grey.train.images.shape == (90, 1, 32, 32)
+
+
+def test_image_folder_without_train_and_test_is_split_by_a_seeded_fraction(tmp_path):
+    write_image_folder(tmp_path, 20, ("a", "b"), seed=3)
+    first = data_option("image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25").load(
+        torch.device("cpu")
+    )
+    again = data_option("image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25").load(
+        torch.device("cpu")
+    )
+    other = data_option(
+        "image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25", "data.split_seed=1"
+    ).load(torch.device("cpu"))
+    assert (len(first.train), len(first.test)) == (30, 10)
+    assert torch.equal(first.test.images, again.test.images) and not torch.equal(first.test.images, other.test.images)
+    train = {tuple(image.flatten().tolist()) for image in first.train.images}
+    assert not train & {tuple(image.flatten().tolist()) for image in first.test.images}
+
+
+def test_image_folder_mistakes_are_one_line_errors(tiny_image_folder, tmp_path):
+    with pytest.raises(UserError, match=r"has 3 class folders \(blue, green, red\) but data.num_classes=10"):
+        data_option("image_folder", tiny_image_folder, "data.num_classes=10").load(torch.device("cpu"))
+    with pytest.raises(UserError, match="is not a folder"):
+        data_option("image_folder", tmp_path / "nowhere", "data.num_classes=3").load(torch.device("cpu"))
+    shutil.copytree(tiny_image_folder, tmp_path / "copy")
+    (tmp_path / "copy" / "train" / "red" / "5.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"red/5.png cannot be read as an image"):
+        data_option("image_folder", tmp_path / "copy", "data.num_classes=3").load(torch.device("cpu"))
+
+
+def test_data_that_would_not_fit_is_refused_before_reading(tiny_image_folder, tiny_mnist, monkeypatch):
+    # 120 images of 3 x 1,000,000 x 1,000,000 bytes: 360 TB, twice that while read; past any machine
+    data = data_option("image_folder", tiny_image_folder, "data.num_classes=3", "data.image_size=1000000")
+    monkeypatch.setattr(ImageFolderData, "_read", lambda *_: pytest.fail("read before the memory check"))
+    with pytest.raises(UserError) as error:
+        data.load(torch.device("cpu"))
+    message = str(error.value)
+    assert message.startswith(f"image folder {tiny_image_folder} would need 720.0 TB (120 images of 3x1000000x1000000")
+    assert "this machine's free memory is" in message and "\n" not in message
+    monkeypatch.setattr("cnnsweep.data.available_bytes", lambda device: 1_000_000)
+    with pytest.raises(
+        UserError, match=r"MNIST would need 1.3 MB \(800 images of 1x28x28 as uint8\) but this .* is 1.0 MB"
+    ):
+        mnist(tiny_mnist).load(torch.device("cpu"))
+
+
+def test_every_data_option_states_its_shape_and_a_normalisation_per_channel():
+    expected = {
+        "mnist": (1, 28, 10),
+        "fashion_mnist": (1, 28, 10),
+        "kmnist": (1, 28, 10),
+        "cifar10": (3, 32, 10),
+        "image_folder": (3, 32, None),
+    }
+    for option, (channels, size, classes) in expected.items():
+        data = compose_train([f"data={option}"]).data
+        assert (data.in_channels, data.image_size) == (channels, size)
+        if classes is not None:
+            assert data.num_classes == classes
+            assert len(data.mean) == len(data.std) == channels

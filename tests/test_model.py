@@ -2,8 +2,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cnnsweep.errors import UserError
-from cnnsweep.model import ConvNet, Dropout, check_budget, count_parameters
+from cnnsweep.errors import UserError, make
+from cnnsweep.model import ConvNet, Dropout, OverBudget, check_budget, count_parameters
+from cnnsweep.run import models_that_fit
 
 from conftest import compose_train
 
@@ -86,3 +87,44 @@ def test_dropout_keeps_values_with_probability_1_minus_p_and_rescales_them():
     out.sum().backward()
     assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.9))
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shape", "n_params"),
+    [
+        (["data=mnist"], (1, 28, 10), 18_970),
+        (["data=fashion_mnist"], (1, 28, 10), 18_970),
+        (["data=kmnist"], (1, 28, 10), 18_970),
+        (["data=cifar10"], (3, 32, 10), 19_526),  # cifar10 names the compact network as its model
+        (["data=cifar10", "model=tiny"], (3, 32, 10), 7_978),
+        (["data=image_folder", "data.root=x", "data.num_classes=5", "data.image_size=64"], (3, 64, 5), 19_381),
+        (["data=image_folder", "data.root=x", "data.num_classes=3", "data.in_channels=1"], (1, 32, 3), 19_179),
+    ],
+)
+def test_the_network_follows_the_data(overrides, shape, n_params):
+    cfg = compose_train(overrides)
+    model = make(cfg.model, _convert_="all")
+    channels, size, classes = shape
+    assert count_parameters(model) == n_params
+    assert model.features[0].in_channels == channels and model.head[-1].out_features == classes
+    assert model(torch.zeros(2, channels, size, size)).shape == (2, classes)
+
+
+def test_the_seed_network_on_cifar10_is_over_budget_and_the_refusal_names_models_that_fit():
+    cfg = compose_train(["data=cifar10", "model=seed_cnn"])
+    n_params = count_parameters(make(cfg.model, _convert_="all"))
+    assert n_params == 22_750  # its flatten head sees 120 x 2 x 2 on 32x32 input
+    assert models_that_fit(cfg.data, 20_000) == [("compact", 19_526), ("tiny", 7_978)]
+    message = str(OverBudget(n_params, 20_000, models_that_fit(cfg.data, 20_000)))
+    assert message == (
+        "model has 22,750 parameters, over the budget of 20,000 (for this data, model=compact (19,526), "
+        "model=tiny (7,978) fit; or shrink model.widths, or raise/disable budget.max_params)"
+    )
+
+
+def test_a_layout_that_shrinks_the_datas_images_to_nothing_is_refused():
+    cfg = compose_train(
+        ["data=image_folder", "data.root=x", "data.num_classes=3", "data.image_size=8", "model=seed_cnn"]
+    )
+    with pytest.raises(UserError, match=r"shrinks a 8x8 image to nothing at position 6 \('conv_valid'\)"):
+        make(cfg.model, _convert_="all")

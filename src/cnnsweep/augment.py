@@ -61,6 +61,37 @@ class RandomAffine:
         return affine(images, degrees, zoom, shift, self.interpolation)
 
 
+class RandomCropFlip:
+    """Pad each image by `padding` pixels of 0 on every side, cut a random image-sized crop out of it
+    (an offset per image), and mirror it left-right with probability 1/2 when `flip` is set.
+
+    The batched form of torchvision's RandomCrop(size, padding, fill=0) followed by
+    RandomHorizontalFlip(), on float images (B x C x H x W) with pixel values in [0, 1].
+    """
+
+    def __init__(self, padding: int, flip: bool) -> None:
+        if padding < 0:
+            raise UserError(f"augmentation.padding={padding} must be >= 0 (pixels added on each side)")
+        self.padding, self.flip = padding, flip
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, height, width = images.shape
+        draws = torch.rand(n, 3, generator=generator, device=generator.device).to(images.device)
+        if self.padding:
+            # offsets 0..2*padding in each axis, uniform, as RandomCrop's randint
+            top, left = (draws[:, :2] * (2 * self.padding + 1)).long().clamp_(max=2 * self.padding).unbind(1)
+            padded = F.pad(images, [self.padding] * 4)
+            rows = (top.view(n, 1) + torch.arange(height, device=images.device)).view(n, 1, height, 1)
+            cols = (left.view(n, 1) + torch.arange(width, device=images.device)).view(n, 1, 1, width)
+            index = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+            channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+            images = padded[index, channel, rows, cols]
+        if self.flip:
+            mirrored = draws[:, 2].view(n, 1, 1, 1) < 0.5
+            images = torch.where(mirrored, images.flip(3), images)
+        return images
+
+
 class NoAugmentation:
     """Leaves images as they are."""
 

@@ -119,7 +119,7 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
     device = make(cfg.trainer).device
     model = with_torch_dropout(make(cfg.model, _convert_="all")).to(device)
     optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
-    normalize = transforms.Normalize((cfg.data.mean,), (cfg.data.std,))
+    normalize = transforms.Normalize(list(cfg.data.mean), list(cfg.data.std))
     train_set = datasets.MNIST(
         cfg.data.root,
         train=True,

@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cnnsweep.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path, help="a run folder, or a checkpoint file (.pt)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
-    parser.add_argument("--data-root", help="folder holding MNIST/raw (default: the run's data.root)")
+    parser.add_argument("--data-root", help="the data set's folder, as data.root (default: the run's data.root)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
     try:

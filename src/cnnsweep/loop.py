@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cnnsweep.data import MNISTData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
+from cnnsweep.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
 from cnnsweep.errors import UserError
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -155,7 +155,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) 
 Prepare = Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> float model input
 
 
-def preparers(data: MNISTData, augmentation: Augmentation, generator: torch.Generator) -> tuple[Prepare, Prepare]:
+def preparers(data: ImageData, augmentation: Augmentation, generator: torch.Generator) -> tuple[Prepare, Prepare]:
     """uint8 batches -> normalised float input: augmented for training, as they are for evaluation."""
 
     def prepare_train(images: torch.Tensor) -> torch.Tensor:
@@ -298,7 +298,7 @@ class Trainer:
         forward: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        data: MNISTData,
+        data: ImageData,
         splits: Splits,
         augmentation: Augmentation,
         generator: torch.Generator,

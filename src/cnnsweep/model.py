@@ -145,19 +145,24 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class OverBudget(UserError):
-    """The model has more trainable parameters than `budget.max_params` allows."""
+    """The model has more trainable parameters than `budget.max_params` allows.
+
+    fitting: (model option, parameters) pairs that would fit, named in the message.
+    """
 
     run_status = "over_budget"  # summary.json status of a run stopped by this error
 
-    def __init__(self, n_params: int, max_params: int) -> None:
-        super().__init__(n_params, max_params)  # both in args, so the error pickles across processes
-        self.n_params, self.max_params = n_params, max_params
+    def __init__(self, n_params: int, max_params: int, fitting: Sequence[tuple[str, int]] = ()) -> None:
+        super().__init__(n_params, max_params, fitting)  # all in args, so the error pickles across processes
+        self.n_params, self.max_params, self.fitting = n_params, max_params, list(fitting)
 
     def __str__(self) -> str:
-        return (
-            f"model has {self.n_params:,} parameters, over the budget of {self.max_params:,} "
-            "(shrink model.widths, or raise/disable budget.max_params)"
-        )
+        said = f"model has {self.n_params:,} parameters, over the budget of {self.max_params:,} "
+        if self.fitting:
+            fits = ", ".join(f"model={name} ({n:,})" for name, n in self.fitting)
+            verb = "fits" if len(self.fitting) == 1 else "fit"
+            return said + f"(for this data, {fits} {verb}; or shrink model.widths, or raise/disable budget.max_params)"
+        return said + "(shrink model.widths, or raise/disable budget.max_params)"
 
 
 def check_budget(n_params: int, max_params: int | None) -> None:

@@ -22,11 +22,12 @@ from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
 from cnnsweep.artifacts import RunFolder
-from cnnsweep.data import MNISTData, n_batches
+from cnnsweep.data import ImageData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
-from cnnsweep.model import check_budget, count_parameters
+from cnnsweep.model import OverBudget, check_budget, count_parameters
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
+from cnnsweep.schema import CONF_DIR
 from cnnsweep.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ def train(
     folder = RunFolder(run_dir)
     summary = base_summary(cfg, objectives, n_params)
     with record_outcome(folder, summary, clock), stop_requests() as stop:
-        check_budget(n_params, cfg.budget.max_params)
+        try:
+            check_budget(n_params, cfg.budget.max_params)
+        except OverBudget as error:
+            raise OverBudget(n_params, error.max_params, models_that_fit(cfg.data, error.max_params)) from None
         _fit(cfg, model, objectives, folder, summary, clock, reporter, resume, stop)
     values = summary["objectives"]
     said = ", ".join(
@@ -67,6 +71,22 @@ def train(
     )
     log.info(f"done in {summary['wall_time_s']:.0f} s: {said}; run folder {run_dir}")
     return summary["objective_value"] if len(values) == 1 else list(values.values())
+
+
+def models_that_fit(data: DictConfig, max_params: int) -> list[tuple[str, int]]:
+    """Each conf/model option built for the data's shape, with its parameter count, where it fits the budget."""
+    fitting = []
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        option = OmegaConf.load(path)
+        option.pop("defaults", None)
+        option.update(in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+        try:
+            n_params = count_parameters(make(option, _convert_="all"))
+        except UserError:  # a layout that shrinks this image size to nothing
+            continue
+        if n_params <= max_params:
+            fitting.append((path.stem, n_params))
+    return fitting
 
 
 class Clock:
@@ -223,7 +243,7 @@ class Parts:
     model: torch.nn.Module
     forward: torch.nn.Module  # the model as the trainer calls it (compiled or not)
     trainer: Trainer
-    data: MNISTData
+    data: ImageData
     augmentation: Augmentation
     optimizer: torch.optim.Optimizer
     ema: AveragedModel | None  # the moving average of the weights that is evaluated, if configured

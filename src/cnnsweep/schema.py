@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
 
 # OmegaConf reads these annotations at runtime: use typing.Optional/List forms it understands.
-# ruff: noqa: UP006, UP007, UP045
+# ruff: noqa: UP006, UP007, UP035, UP045
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ConvNetSchema:
     layout: list[str] = MISSING
     dropout: float = MISSING
     head: str = MISSING
+    in_channels: int = MISSING  # the data's shape: ${data.in_channels} etc. in every model option
+    image_size: int = MISSING
+    num_classes: int = MISSING
 
 
 @dataclass
@@ -97,12 +100,19 @@ class AffineSchema:
 
 
 @dataclass
+class CropFlipSchema:
+    _target_: str = MISSING
+    padding: int = MISSING
+    flip: bool = MISSING
+
+
+@dataclass
 class NoAugmentationSchema:
     _target_: str = MISSING
 
 
 @dataclass
-class MNISTSchema:
+class ImageDataSchema:
     _target_: str = MISSING
     root: str = MISSING
     batch_size: int = MISSING
@@ -111,9 +121,27 @@ class MNISTSchema:
     split_seed: int = MISSING
     train_limit: Optional[int] = MISSING
     test_limit: Optional[int] = MISSING
-    mean: float = MISSING
-    std: float = MISSING
+    in_channels: int = MISSING
+    image_size: int = MISSING
+    num_classes: int = MISSING
+    mean: Optional[List[float]] = MISSING
+    std: Optional[List[float]] = MISSING
     download: bool = MISSING
+
+
+@dataclass
+class MNISTSchema(ImageDataSchema):
+    dataset: str = MISSING
+
+
+@dataclass
+class CIFAR10Schema(ImageDataSchema):
+    check_md5: bool = MISSING
+
+
+@dataclass
+class ImageFolderSchema(ImageDataSchema):
+    test_fraction: float = MISSING
 
 
 @dataclass
@@ -155,8 +183,13 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"convnet": ConvNetSchema},
     "optimizer": {"sgd": SGDSchema, "adamw": AdamWSchema},
     "scheduler": {"step": StepSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema},
-    "augmentation": {"rotation": RotationSchema, "affine": AffineSchema, "none": NoAugmentationSchema},
-    "data": {"mnist": MNISTSchema},
+    "augmentation": {
+        "rotation": RotationSchema,
+        "affine": AffineSchema,
+        "crop_flip": CropFlipSchema,
+        "none": NoAugmentationSchema,
+    },
+    "data": {"mnist": MNISTSchema, "cifar10": CIFAR10Schema, "image_folder": ImageFolderSchema},
     "trainer": {"trainer": TrainerSchema},
 }
 

@@ -1,0 +1,43 @@
+"""Per-channel mean and std of a data option's training images, for its `mean:` and `std:` keys.
+
+    python -m cnnsweep.stats data=fashion_mnist
+    python -m cnnsweep.stats data=image_folder data.root=PATH data.num_classes=5
+
+Takes the same overrides as train.py; prints the figures for the YAML file.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from cnnsweep.data import channel_stats
+from cnnsweep.errors import UserError, make
+from cnnsweep.schema import compose_config
+
+
+def training_stats(overrides: list[str]) -> tuple[int, list[float], list[float]]:
+    """(number of images, mean, std) of the configured data set's training images."""
+    cfg = compose_config([*overrides, "data.val_size=0", "data.test_limit=1"])
+    data = make(cfg.data)
+    train = data.load(torch.device("cpu")).train
+    mean, std = channel_stats(train.images)
+    return len(train), mean, std
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        n_images, mean, std = training_stats(overrides)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{n_images:,} training images")
+    print(f"mean: [{', '.join(f'{value:.4f}' for value in mean)}]")
+    print(f"std: [{', '.join(f'{value:.4f}' for value in std)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,3 +35,9 @@ def test_bench_refuses_an_unknown_variant():
         [sys.executable, "-m", "cnnsweep.bench", "--variants", "classic,turbo"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "unknown variant(s) ['turbo']" in result.stderr
+
+
+def test_bench_refuses_the_classic_pipeline_on_data_it_cannot_read():
+    result = subprocess.run([sys.executable, "-m", "cnnsweep.bench", "data=cifar10"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "the classic variant reads MNIST-like data only, not cnnsweep.data.CIFAR10Data" in result.stderr

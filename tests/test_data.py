@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from cnnsweep.data import ImageFolderData, MNISTData, n_batches, ordered_batches, shuffled_batches
+from cnnsweep.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
 from cnnsweep.errors import UserError, make
 
 from conftest import compose_train, write_cifar10, write_image_folder
@@ -238,3 +238,17 @@ def test_every_data_option_states_its_shape_and_a_normalisation_per_channel():
         if classes is not None:
             assert data.num_classes == classes
             assert len(data.mean) == len(data.std) == channels
+
+
+def test_channel_stats_summed_in_chunks_equal_the_whole_tensors_figures():
+    images = torch.randint(0, 256, (1000, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_stats(images, chunk=300)
+    pixels = images.transpose(0, 1).reshape(3, -1).double() / 255
+    assert mean == pytest.approx(pixels.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(pixels.std(1).tolist(), abs=1e-12)
+
+
+def test_labels_beyond_num_classes_are_refused(tiny_cifar10):
+    data = data_option("cifar10", tiny_cifar10, "data.check_md5=false", "data.num_classes=5")
+    with pytest.raises(UserError, match=r"training labels run from 0 to 9 but data.num_classes=5; set data.num_cl"):
+        data.load(torch.device("cpu"))

@@ -175,3 +175,16 @@ def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
     assert group["recipe"] == "experiment=fast" and group["seeds"] == ["0", "1", "2"]
     assert group["test_acc_mean"] == pytest.approx(0.9940) and group["test_acc_std"] == pytest.approx(0.0010)
     assert "experiment=fast  seeds 0,1,2: test_acc 99.40% +- 0.10" in format_seed_groups([group])
+
+
+def test_misclassified_grid_draws_colour_images_in_colour(tmp_path):
+    import torch
+
+    from cnnsweep.plots import digit_grid
+
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    images[0, 0], images[1, 2] = 255, 255  # one pure red, one pure blue image
+    path = digit_grid(images, [0, 1], [1, 0], tmp_path / "grid.png", columns=2)
+    with Image.open(path) as image:
+        colours = {pixel for _, pixel in image.convert("RGB").getcolors(1 << 16)}
+    assert (255, 0, 0) in colours and (0, 0, 255) in colours

@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 
+from cnnsweep.model import ConvNet, count_parameters
 from cnnsweep.results import folder_rows
 
 from conftest import REPO
@@ -403,3 +404,24 @@ def test_a_space_almost_all_over_budget_stops_in_one_line(tiny_mnist, tmp_path):
     assert "narrow the width ranges in hydra.sweeper.params" in line
     assert {row["state"] for row in read_trials(sweep_dir)} == {"PRUNED"}
     assert not [path for path in sweep_dir.iterdir() if path.name.isdigit()]  # no job ever started
+
+
+def test_the_fashion_search_runs_on_another_data_set_with_another_sampler_and_objective(tiny_cifar10, tmp_path):
+    # hparams_search=fashion names Fashion-MNIST; data=cifar10 on the command line wins, and every
+    # network of the search is built for CIFAR-10's 3x32x32 images.
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *sweep_overrides(tiny_cifar10, sweep_dir, "hparams_search=fashion", "data=cifar10", "data.check_md5=false"),
+        *IN_PROCESS, "hydra.sweeper.study_name=test", "hydra/sweeper/sampler=random", "objective=val_loss",
+        "hydra.sweeper.n_trials=3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [row for row in read_trials(sweep_dir) if row["run_dir"]]  # over-budget draws have no job
+    assert [row["state"] for row in rows] == ["COMPLETE"] * 3
+    assert load_study(sweep_dir).direction == optuna.study.StudyDirection.MINIMIZE
+    for row in rows:
+        widths = [int(row[f"model.widths.{i}"]) for i in range(7)]
+        layout = ["conv", "conv", "pool", "conv1x1", "conv", "conv", "pool", "conv", "conv"]
+        network = ConvNet(widths, layout, head="gap", in_channels=3, image_size=32, num_classes=10)
+        assert int(row["n_params"]) == count_parameters(network) <= 20_000
+        assert row["augmentation.padding"] in {"0", "1", "2", "3"} and row["augmentation.flip"] in {"True", "False"}

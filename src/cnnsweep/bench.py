@@ -119,8 +119,9 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
     device = make(cfg.trainer).device
     model = with_torch_dropout(make(cfg.model, _convert_="all")).to(device)
     optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
+    dataset = getattr(datasets, cfg.data.dataset)  # MNIST, FashionMNIST or KMNIST: the files cnnsweep reads
     normalize = transforms.Normalize(list(cfg.data.mean), list(cfg.data.std))
-    train_set = datasets.MNIST(
+    train_set = dataset(
         cfg.data.root,
         train=True,
         download=False,
@@ -128,7 +129,7 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
             [transforms.RandomRotation((-7.0, 7.0), fill=(0,)), transforms.ToTensor(), normalize]
         ),
     )
-    test_set = datasets.MNIST(
+    test_set = dataset(
         cfg.data.root, train=False, download=False, transform=transforms.Compose([transforms.ToTensor(), normalize])
     )
     # the same images as cnnsweep's data.train_limit / test_limit keep (the first N)
@@ -317,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(names) - {"classic", "cnnsweep", "compute"}
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from classic, cnnsweep, compute")
+    data_target = compose_config(args.overrides).data._target_
+    if "classic" in names and data_target != "cnnsweep.data.MNISTData":
+        parser.error(f"the classic variant reads MNIST-like data only, not {data_target}; leave it out of --variants")
     if args.accuracy:
         seeds = [int(seed) for seed in args.seeds.split(",")]
         rows = accuracy(names, args.also, args.overrides, seeds, args.workers)

@@ -133,16 +133,20 @@ def confusion_matrix(counts: Sequence[Sequence[int]], path: Path) -> Path:
 
 
 def digit_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: int = 8) -> Path:
-    """Images (uint8, N x 1 x H x W) in a grid, each titled 'true -> predicted'."""
+    """Images (uint8, N x C x H x W; grey or RGB) in a grid, each titled 'true -> predicted'."""
     n = max(len(images), 1)
     rows = -(-n // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.35), squeeze=False)
     for index, cell in enumerate(axes.flat):
         cell.axis("off")
         if index < len(images):
-            cell.imshow(np.asarray(images[index][0]), cmap="gray_r")  # torch tensors warn in matplotlib
+            image = np.asarray(images[index])  # torch tensors warn in matplotlib
+            if image.shape[0] == 3:
+                cell.imshow(image.transpose(1, 2, 0))  # channels last, as matplotlib draws colour
+            else:
+                cell.imshow(image[0], cmap="gray_r")
             cell.set_title(f"{int(labels[index])} → {int(predicted[index])}", fontsize=8, color="tab:red")
-    figure.suptitle(f"misclassified test digits (true → predicted), first {len(images)}", fontsize=10)
+    figure.suptitle(f"misclassified test images (true → predicted), first {len(images)}", fontsize=10)
     return save_figure(figure, path)
 
 

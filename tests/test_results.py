@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 
 import pytest
@@ -27,15 +28,26 @@ def final_epochs(recipe: str) -> list[dict[str, str]]:
     return finals
 
 
+# results/recipes/<folder> -> (its label in README's tables, the overrides that run it)
+NOT_EXPERIMENTS = {
+    "seed_recipe": ("seed recipe (defaults)", []),
+    "fashion_seed_recipe": ("seed recipe, `data=fashion_mnist`", ["data=fashion_mnist"]),
+}
+
+
+def label_and_overrides(recipe: str) -> tuple[str, list[str]]:
+    return NOT_EXPERIMENTS.get(recipe, (f"`experiment={recipe}`", [f"experiment={recipe}"]))
+
+
 def readme_row(recipe: str) -> str:
-    label = "seed recipe (defaults)" if recipe == "seed_recipe" else f"`experiment={recipe}`"
+    label, _ = label_and_overrides(recipe)
     rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| {label} |")]
     assert len(rows) == 1, f"README's Recipes table has {len(rows)} rows for {label}"
     return rows[0]
 
 
 def test_every_recipe_in_the_table_has_its_runs():
-    assert {"seed_recipe", "seed_tuned", "fast", "best", "tiny"} <= set(RECIPES)
+    assert {"seed_recipe", "seed_tuned", "fast", "best", "tiny", "fashion_seed_recipe", "fashion"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -50,9 +62,38 @@ def test_readme_row_is_the_mean_and_std_of_three_seeds(recipe):
     assert f" | {finals[0]['epoch']} | " in row  # the epochs column
 
 
+# recipe -> (its multirun's trials.csv under results/recipes, the rows' `experiment` value)
+TRIAL_TABLES = {
+    "seed_recipe": ("seed_recipe.trials.csv", None),
+    "seed_tuned": ("seed_tuned.trials.csv", "seed_tuned"),
+    "fast": ("fast.trials.csv", "fast"),
+    "tiny": ("tiny.trials.csv", "tiny"),
+    "best": ("recipes.trials.csv", "best"),  # that multirun also holds the superseded tiny and fast
+}
+
+
+def wall_times(recipe: str) -> list[float]:
+    """Each measured run's wall seconds: its summary.json where kept, else its multirun's trials.csv."""
+    summaries = sorted((RESULTS / recipe).glob("seed*.summary.json"))
+    if summaries:
+        return [json.loads(path.read_text())["wall_time_s"] for path in summaries]
+    table, experiment = TRIAL_TABLES[recipe]
+    with (RESULTS / table).open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("experiment") == experiment]
+    return [float(row["duration_s"]) for row in rows]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_readmes_wall_time_is_the_mean_of_the_measured_runs(recipe):
+    times = wall_times(recipe)
+    assert len(times) == (2 if recipe == "seed_recipe" else 3)  # seed 0 of the seed recipe ran alone
+    cells = [cell.strip() for cell in readme_row(recipe).split("|")]
+    assert cells[5].startswith(f"{statistics.mean(times):,.0f} s"), (cells[5], times)
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_the_shipped_recipe_runs_as_long_as_the_measured_one(recipe):
-    cfg = compose_train([] if recipe == "seed_recipe" else [f"experiment={recipe}"])
+    cfg = compose_train(label_and_overrides(recipe)[1])
     assert {int(row["epoch"]) for row in final_epochs(recipe)} == {cfg.trainer.epochs}
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
@@ -20,6 +21,8 @@ def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
     report = json.loads(result.stdout)
     rows = {row["variant"]: row for row in report["rows"]}
     assert list(rows) == ["classic", "cnnsweep", "compute", "nhwc"] and report["device"] == "cpu"
+    assert report["command"].startswith("python -m cnnsweep.bench data.root=") and "--also" in report["command"]
+    assert report["torch"] == torch.__version__ and report["threads"] >= 1
     classic = rows["classic"]
     for row in rows.values():
         assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0

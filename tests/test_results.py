@@ -116,3 +116,12 @@ def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
     ]
     assert [[cell.strip() for cell in line] for line in shown] == expected
     assert f"gave this front of {len(front)} of its {len(rows)} trials" in " ".join(table.split())
+
+
+def test_readmes_bench_table_is_the_stored_measurement():
+    from cnnsweep.bench import format_table
+
+    report = json.loads((REPO / "results" / "bench" / "cpu.json").read_text())
+    text = (REPO / "README.md").read_text()
+    assert format_table(report["rows"]) in text
+    assert report["command"] in text.replace(" \\\n    ", " ")  # the command, as README shows it

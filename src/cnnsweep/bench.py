@@ -343,7 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = results(variants)
     device = make(compose_config(args.overrides).trainer).device
     if args.json:
-        print(json.dumps({"device": str(device), "rows": rows}, indent=2))
+        command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
+        facts = {
+            "command": command,
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps({**facts, "rows": rows}, indent=2))
     else:
         print(f"device {device}, torch threads {torch.get_num_threads()}, {args.rounds} rounds of {args.batches} ")
         print(f"training and {args.eval_batches} evaluation batches per variant; epoch s = one train + test pass")

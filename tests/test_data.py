@@ -202,6 +202,9 @@ def test_image_folder_mistakes_are_one_line_errors(tiny_image_folder, tmp_path):
         data_option("image_folder", tiny_image_folder, "data.num_classes=10").load(torch.device("cpu"))
     with pytest.raises(UserError, match="is not a folder"):
         data_option("image_folder", tmp_path / "nowhere", "data.num_classes=3").load(torch.device("cpu"))
+    shutil.copytree(tiny_image_folder / "train", tmp_path / "half" / "train")
+    with pytest.raises(UserError, match=r"has train/ but no test/; add test/ with the same class folders"):
+        data_option("image_folder", tmp_path / "half", "data.num_classes=3").load(torch.device("cpu"))
     shutil.copytree(tiny_image_folder, tmp_path / "copy")
     (tmp_path / "copy" / "train" / "red" / "5.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"red/5.png cannot be read as an image"):

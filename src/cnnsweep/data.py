@@ -315,6 +315,7 @@ class ImageFolderData(ImageData):
         if not 0 < test_fraction < 1:
             raise UserError(f"data.test_fraction={test_fraction} must lie in (0, 1)")
         self._samples: dict[bool, list[tuple[str, int]]] | None = None
+        self._classes: list[str] | None = None  # the class folders' names, the same in train/ and test/
 
     def _counts(self) -> tuple[int, int]:
         samples = self._split_samples()
@@ -327,6 +328,12 @@ class ImageFolderData(ImageData):
         if not self.root.is_dir():
             raise UserError(f"data.root={self.root} is not a folder; point it at a folder of class sub-folders")
         train, test = self.root / "train", self.root / "test"
+        if train.is_dir() != test.is_dir():
+            present, absent = ("train", "test") if train.is_dir() else ("test", "train")
+            raise UserError(
+                f"{self.root} has {present}/ but no {absent}/; add {absent}/ with the same class folders, "
+                "or put the class folders directly in data.root to split them by data.test_fraction"
+            )
         if train.is_dir() and test.is_dir():
             samples = {True: self._folder_samples(train), False: self._folder_samples(test)}
             if len(samples[True]) == 0 or len(samples[False]) == 0:
@@ -355,9 +362,8 @@ class ImageFolderData(ImageData):
                 f"{', ...' if len(found.classes) > 5 else ''}) but data.num_classes={self.num_classes}; "
                 f"set data.num_classes={len(found.classes)}"
             )
-        classes = getattr(self, "_classes", None)
-        if classes is not None and classes != found.classes:
-            raise UserError(f"{folder} has classes {found.classes}, other than the training folder's {classes}")
+        if self._classes is not None and self._classes != found.classes:
+            raise UserError(f"{folder} has classes {found.classes}, other than the training folder's {self._classes}")
         self._classes = found.classes
         return found.samples
 

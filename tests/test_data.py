@@ -255,3 +255,14 @@ def test_labels_beyond_num_classes_are_refused(tiny_cifar10):
     data = data_option("cifar10", tiny_cifar10, "data.check_md5=false", "data.num_classes=5")
     with pytest.raises(UserError, match=r"training labels run from 0 to 9 but data.num_classes=5; set data.num_cl"):
         data.load(torch.device("cpu"))
+
+
+def test_data_sets_of_one_shape_refuse_another_and_normalise_per_channel(tmp_path):
+    with pytest.raises(UserError, match="KMNIST images are 1x28x28, not data.in_channels=1, data.image_size=32"):
+        data_option("kmnist", tmp_path, "data.image_size=32")
+    with pytest.raises(UserError, match="CIFAR-10 images are 3x32x32, not data.in_channels=3, data.image_size=28"):
+        data_option("cifar10", tmp_path, "data.image_size=28")
+    data = data_option("cifar10", tmp_path)
+    images = torch.rand(4, 3, 32, 32)
+    expected = (images - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    assert torch.allclose(data.normalize(images), expected) and torch.allclose(data.normalize(images), expected)

@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(names) - {"classic", "cnnsweep", "compute"}
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from classic, cnnsweep, compute")
-    data_target = compose_config(args.overrides).data._target_
+    cfg = compose_config(args.overrides)
+    data_target = cfg.data._target_
     if "classic" in names and data_target != "cnnsweep.data.MNISTData":
         parser.error(f"the classic variant reads MNIST-like data only, not {data_target}; leave it out of --variants")
     if args.accuracy:
@@ -341,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.append(cnnsweep_variant(name, [*args.overrides, *shlex.split(more)]))
     measure(variants, args.batches, args.eval_batches, args.rounds, args.warmup)
     rows = results(variants)
-    device = make(compose_config(args.overrides).trainer).device
+    device = make(cfg.trainer).device
     if args.json:
         command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
         facts = {

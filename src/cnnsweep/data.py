@@ -65,6 +65,7 @@ class ImageData:
 
     name = "images"  # the data set's name in messages
     official_train_size: int | None = None  # training images in the official release, where there is one
+    fixed_shape: tuple[int, int] | None = None  # (channels, image size) of a data set whose images have one
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class ImageData:
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.mean, self.std = _per_channel(mean, "mean", in_channels), _per_channel(std, "std", in_channels)
         self.download = download
+        self._statistics: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._check()
 
     def _check(self) -> None:
@@ -107,6 +109,12 @@ class ImageData:
             raise UserError(f"data.std={self.std} must be positive")
         if self.official_train_size is not None:
             self._check_val_size(_limited(self.official_train_size, self.train_limit))
+        if self.fixed_shape is not None and (self.in_channels, self.image_size) != self.fixed_shape:
+            channels, size = self.fixed_shape
+            raise UserError(
+                f"{self.name} images are {channels}x{size}x{size}, not data.in_channels={self.in_channels}, "
+                f"data.image_size={self.image_size}; leave them at {channels} and {size}"
+            )
 
     def _check_val_size(self, n_train: int) -> None:
         if self.val_size >= n_train:
@@ -157,7 +165,7 @@ class ImageData:
         (the decoded copy and the tensor) and again on an accelerator."""
         needed = n_images * (self.in_channels * self.image_size**2 + 8)
         places = [("this machine's free memory", available_bytes(torch.device("cpu")), 2 * needed)]
-        if device.type != "cpu":
+        if device.type == "cuda":  # mps shares the host's memory
             places.append((f"{device}'s free memory", available_bytes(device), needed))
         for place, found, wanted in places:
             if found is not None and wanted > found:
@@ -169,9 +177,14 @@ class ImageData:
 
     def normalize(self, unit_images: torch.Tensor) -> torch.Tensor:
         """Standardise float images with pixel values in [0, 1], channel by channel."""
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=unit_images.dtype, device=unit_images.device).view(shape)
-        std = torch.tensor(self.std, dtype=unit_images.dtype, device=unit_images.device).view(shape)
+        key = (unit_images.device, unit_images.dtype)
+        if key not in self._statistics:  # once per device, not a host-to-device copy every batch
+            shape = (1, -1, 1, 1)
+            self._statistics[key] = (
+                torch.tensor(self.mean, dtype=unit_images.dtype, device=unit_images.device).view(shape),
+                torch.tensor(self.std, dtype=unit_images.dtype, device=unit_images.device).view(shape),
+            )
+        mean, std = self._statistics[key]
         return (unit_images - mean) / std
 
     def _counts(self) -> tuple[int, int]:
@@ -188,17 +201,13 @@ class MNISTData(ImageData):
     files in ROOT/<dataset>/raw (torchvision's layout)."""
 
     official_train_size = 60_000
+    fixed_shape = (1, 28)
 
     def __init__(self, dataset: str = "MNIST", **settings) -> None:
         if dataset not in MNIST_LIKE:
             raise UserError(f"data.dataset={dataset!r} is unknown; allowed: {', '.join(MNIST_LIKE)}")
         self.dataset = self.name = dataset
         super().__init__(**settings)
-        if (self.in_channels, self.image_size) != (1, 28):
-            raise UserError(
-                f"{dataset} images are 1x28x28, not data.in_channels={self.in_channels}, "
-                f"data.image_size={self.image_size}; leave them at 1 and 28"
-            )
 
     @property
     def raw(self) -> Path:
@@ -244,15 +253,11 @@ class CIFAR10Data(ImageData):
 
     name = "CIFAR-10"
     official_train_size = 50_000
+    fixed_shape = (3, 32)
 
     def __init__(self, check_md5: bool = True, **settings) -> None:
         self.check_md5 = check_md5
         super().__init__(**settings)
-        if (self.in_channels, self.image_size) != (3, 32):
-            raise UserError(
-                f"CIFAR-10 images are 3x32x32, not data.in_channels={self.in_channels}, "
-                f"data.image_size={self.image_size}; leave them at 3 and 32"
-            )
 
     def _counts(self) -> tuple[int, int]:
         return self.official_train_size, 10_000

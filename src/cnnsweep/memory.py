@@ -10,13 +10,11 @@ MEMINFO = Path("/proc/meminfo")  # Linux: MemAvailable counts free memory plus w
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Bytes free on `device` (host memory for cpu; mps shares it), or None where it cannot be told."""
+    """Bytes free on `device` (host memory for cpu and mps, which shares it), or None where it cannot be told."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    if device.type in ("cpu", "mps"):
-        return _host_available()
-    return None
+    return _host_available()
 
 
 def _host_available() -> int | None:

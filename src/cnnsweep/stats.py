@@ -12,18 +12,17 @@ import sys
 
 import torch
 
-from cnnsweep.data import channel_stats
 from cnnsweep.errors import UserError, make
 from cnnsweep.schema import compose_config
 
 
 def training_stats(overrides: list[str]) -> tuple[int, list[float], list[float]]:
     """(number of images, mean, std) of the configured data set's training images."""
-    cfg = compose_config([*overrides, "data.val_size=0", "data.test_limit=1"])
+    # mean and std null: load() computes them from the training images, as it does for an image folder
+    cfg = compose_config([*overrides, "data.val_size=0", "data.test_limit=1", "data.mean=null", "data.std=null"])
     data = make(cfg.data)
     train = data.load(torch.device("cpu")).train
-    mean, std = channel_stats(train.images)
-    return len(train), mean, std
+    return len(train), data.mean, data.std
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,5 +158,6 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
         "trainer.epochs=1",
         "trainer.progress=false",
         "trainer.device=cpu",
+        "trainer.compile=auto",  # eager for these few steps, also where a sweep config says true
         *extra,
     ]

@@ -58,7 +58,7 @@ def submitit():
 def sweep_args(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
     return [
         "--multirun", f"data.root={root}", "data.download=false", "data.val_size=100", "trainer.progress=false",
-        "trainer.device=cpu", f"hydra.sweep.dir={sweep_dir}", *extra,
+        "trainer.device=cpu", "trainer.compile=auto", f"hydra.sweep.dir={sweep_dir}", *extra,
     ]  # fmt: skip
 
 

@@ -75,7 +75,7 @@ def finished_sweep(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp_path_factory.mktemp("watched")
     args = [
         "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100", "trainer.epochs=1",
-        "trainer.progress=false", "trainer.device=cpu", "hparams_search=lr_gamma_dropout",
+        "trainer.progress=false", "trainer.device=cpu", "trainer.compile=auto", "hparams_search=lr_gamma_dropout",
         f"hydra.sweeper.study_name={STUDY}", "hydra.sweeper.n_trials=2", "hydra/launcher=basic",
         "hydra.sweeper.n_jobs=1",
     ]  # fmt: skip

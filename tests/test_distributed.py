@@ -69,7 +69,8 @@ def worker(
     """A sweep process on the shared study; its output goes to a pipe, or to `log` (for workers nobody reads)."""
     args = [
         "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100",
-        f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.device=cpu", "hparams_search=lr_gamma_dropout",
+        f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.device=cpu", "trainer.compile=auto",
+        "hparams_search=lr_gamma_dropout",
         f"hydra.sweeper.study_name={study}", f"hydra.sweeper.storage={url}", f"hydra.sweeper.n_trials={n_trials}",
         f"hydra.sweep.dir={sweep_dir}", "hydra/sweeper/pruner=nop", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1",
         *overrides,

@@ -28,10 +28,10 @@ def trainer(**changes) -> Trainer:
 def one_step(chosen: Trainer) -> tuple[torch.nn.Module, float]:
     torch.manual_seed(0)
     model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)  # dropout masks follow memory layout
-    forward = chosen.setup(model)
+    chosen.setup(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    step = chosen.train_step(model, forward, optimizer, scheduler, lambda images: images)
+    step = chosen.train_step(model, model, optimizer, scheduler, lambda images: images, batch_size=16)
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     from cnnsweep.data import Split
 
@@ -65,6 +65,7 @@ def test_threads_are_applied_by_setup():
         ({"precision": "fp8"}, "trainer.precision='fp8' is unknown"),
         ({"precision": "fp16"}, "trainer.precision=fp16 needs a CUDA device"),
         ({"threads": 0}, "trainer.threads=0 must be a positive integer"),
+        ({"compile": "yes"}, "trainer.compile='yes' is not one of true, false, auto"),
         ({"device": "cuda:7"}, "is not available on this machine"),
         ({"label_smoothing": 1.0}, "trainer.label_smoothing=1.0 is outside [0, 1)"),
         ({"ema_decay": 1.0}, "trainer.ema_decay=1.0 must lie in (0, 1)"),
@@ -81,11 +82,37 @@ def test_auto_settings_take_the_devices_defaults():
     cpu = trainer(channels_last=None, precision="auto")
     assert (cpu.channels_last, cpu.eval_channels_last, cpu.precision) == (False, True, "fp32")
     model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
-    evaluated = cpu.eval_model(model, cpu.setup(model))
+    cpu.setup(model)
+    evaluated = cpu.eval_model(model)
     assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model.features[0].weight.is_contiguous()  # the trained model keeps its layout
     plain = trainer(eval_channels_last=False)
-    assert plain.eval_model(model, model) is model
+    assert plain.eval_model(model) is model
+
+
+class Counting(torch.nn.Module):
+    """Stands in for a compiled model: calls it, counting the batch sizes it was given."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(images))
+        return self.model(images)
+
+
+def test_full_batches_go_through_the_compiled_module_and_the_last_smaller_one_through_the_model():
+    from cnnsweep.data import Split
+
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)
+    compiled = Counting(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    step = trainer().train_step(model, compiled, optimizer, scheduler, lambda images: images, batch_size=16)
+    for size in (16, 16, 7):
+        step(Split(torch.randn(size, 1, 28, 28), torch.arange(size) % 10))
+    assert compiled.sizes == [16, 16]
 
 
 def test_label_smoothing_is_torchs_smoothed_cross_entropy():

@@ -279,7 +279,8 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
     sweep_dir = tmp_path / "sweep"
     args = [
         "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100", "trainer.progress=false",
-        "trainer.device=cpu", "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test",
+        "trainer.device=cpu", "trainer.compile=auto", "hparams_search=lr_gamma_dropout",
+        "hydra.sweeper.study_name=test",
         "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
     sweep = subprocess.Popen(

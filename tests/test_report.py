@@ -33,7 +33,7 @@ def module(name: str, *args: str) -> subprocess.CompletedProcess:
 def tiny(root: Path, sweep_dir: Path) -> list[str]:
     return [
         "--multirun", f"data.root={root}", "data.download=false", "data.val_size=100", "trainer.epochs=2",
-        "trainer.progress=false", "trainer.device=cpu", f"hydra.sweep.dir={sweep_dir}",
+        "trainer.progress=false", "trainer.device=cpu", "trainer.compile=auto", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
 
 

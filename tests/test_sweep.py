@@ -29,6 +29,7 @@ def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
         "trainer.epochs=1",
         "trainer.progress=false",
         "trainer.device=cpu",
+        "trainer.compile=auto",
         f"hydra.sweep.dir={sweep_dir}",
         *extra,
     ]

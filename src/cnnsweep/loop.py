@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from cnnsweep.compiling import CompileChoice, choose, graph_key
 from cnnsweep.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
 from cnnsweep.errors import UserError
 
@@ -188,7 +189,8 @@ class Trainer:
 
     channels_last / eval_channels_last: NHWC memory layout for training / for evaluation passes
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
-    first steps). precision: autocast dtype of forward passes, 'auto' for the device's default
+    first steps): true, false, or 'auto' (cnnsweep.compiling.choose: when the run is long enough
+    to pay the warm-up back). precision: autocast dtype of forward passes, 'auto' for the device's default
     (fp32: none; fp16 also scales the loss). threads: torch's intra-op CPU threads (null: torch's
     default). The device defaults are in device_defaults(). label_smoothing: of the training loss.
     ema_decay: evaluate an exponential moving average of the weights (and BatchNorm statistics)
@@ -202,7 +204,7 @@ class Trainer:
         progress: bool,
         channels_last: bool | None,
         eval_channels_last: bool | None,
-        compile: bool,
+        compile: bool | str,
         precision: str,
         threads: int | None,
         label_smoothing: float = 0.0,
@@ -212,6 +214,8 @@ class Trainer:
             raise UserError(f"trainer.epochs={epochs} must be a positive integer")
         if precision not in (*PRECISIONS, "auto"):
             raise UserError(f"trainer.precision={precision!r} is unknown; allowed: auto, {', '.join(PRECISIONS)}")
+        if compile not in (True, False, "auto"):
+            raise UserError(f"trainer.compile={compile!r} is not one of true, false, auto")
         if threads is not None and threads <= 0:
             raise UserError(f"trainer.threads={threads} must be a positive integer or null (torch's default)")
         if not 0.0 <= label_smoothing < 1.0:
@@ -232,13 +236,28 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
 
-    def setup(self, model: nn.Module) -> nn.Module:
-        """Apply threads, device and memory layout to `model`; returns the module to call (compiled or not)."""
+    def setup(self, model: nn.Module) -> None:
+        """Apply threads, device and memory layout to `model`."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         layout = torch.channels_last if self.channels_last else torch.preserve_format
         model.to(self.device, memory_format=layout)
-        return torch.compile(model) if self.compile else model
+
+    def compiled(
+        self, model: nn.Module, planned_steps: int, input_shape: tuple[int, ...], setting: bool | str | None = None
+    ) -> tuple[nn.Module, CompileChoice]:
+        """The module training steps call (`model` compiled, or itself), and why. `planned_steps`:
+        the run's training steps; `input_shape`: one full training batch's; `setting`: instead of
+        self.compile (a resumed run's earlier choice)."""
+        key = graph_key(model, input_shape, self.device, self.precision, self.channels_last)
+        choice = choose(self.compile if setting is None else setting, self.device, planned_steps, key)
+        if not choice.compile:
+            return model, choice
+        # Dynamo keeps what it compiled per Python function, and past 8 versions of one (another
+        # network of an earlier run in this process: a sweep's worker) runs it eagerly without a
+        # word; a run compiles its own network afresh. The on-disk cache outlives this.
+        torch.compiler.reset()
+        return torch.compile(model), choice
 
     def averaged(self, model: nn.Module) -> AveragedModel | None:
         """The moving average of `model`'s weights to evaluate, when ema_decay is set."""
@@ -259,16 +278,20 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         prepare: Prepare,
+        batch_size: int,
         ema: AveragedModel | None = None,
     ) -> Step:
-        """One SGD step per call: forward (`forward`, maybe compiled), loss, backward, optimizer, scheduler
-        and the weights' moving average."""
+        """One SGD step per call: forward (`forward`, maybe compiled, for batches of `batch_size`;
+        `model` for others), loss, backward, optimizer, scheduler and the weights' moving average."""
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         def step(batch: Split) -> tuple[torch.Tensor, torch.Tensor]:
             model.train()
+            # An epoch's last, smaller batch goes through the eager model (same weights): compiled,
+            # it would cost a second compilation for a graph of another shape, once per process.
+            call = forward if len(batch.labels) == batch_size else model
             with self.autocast():
-                log_probs = forward(prepare(batch.images)).float()
+                log_probs = call(prepare(batch.images)).float()
             loss = smoothed_nll(log_probs, batch.labels, self.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -282,11 +305,15 @@ class Trainer:
 
         return step
 
-    def eval_model(self, model: nn.Module, forward: nn.Module) -> nn.Module:
-        """The module to evaluate with: an NHWC copy of `model` when only evaluation wants NHWC."""
-        if self.eval_channels_last and not self.channels_last and not self.compile:
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The module to evaluate with: an NHWC copy of `model` when only evaluation wants NHWC.
+
+        Evaluation stays eager in compiled runs too: its graphs (inference mode, another batch
+        size) would need compilations of their own, for passes that take a few percent of an epoch.
+        """
+        if self.eval_channels_last and not self.channels_last:
             return copy.deepcopy(model).to(memory_format=torch.channels_last)
-        return forward
+        return model
 
     def evaluate(self, forward: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
         with self.autocast():
@@ -316,7 +343,7 @@ class Trainer:
         """
 
         prepare_train, prepare_eval = preparers(data, augmentation, generator)
-        step = self.train_step(model, forward, optimizer, scheduler, prepare_train, ema)
+        step = self.train_step(model, forward, optimizer, scheduler, prepare_train, data.batch_size, ema)
         history = []
         steps = n_batches(len(splits.train), data.batch_size)
         check_every = 1 if self.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
@@ -327,7 +354,7 @@ class Trainer:
             record: EpochRecord = {"epoch": epoch, "lr": lr}
             record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, check_stop)
             train_seconds = time.perf_counter() - start
-            evaluated = self.eval_model(model, forward) if ema is None else self.eval_model(ema.module, ema.module)
+            evaluated = self.eval_model(model if ema is None else ema.module)
             for name, split in (("val", splits.val), ("test", splits.test)):
                 if split is not None:
                     loss, accuracy = self.evaluate(evaluated, split, data.eval_batch_size, prepare_eval)

@@ -29,7 +29,7 @@ class ConvNet(nn.Module):
     """Conv blocks and 2x2 max pools in the order `layout` gives, then a linear classifier.
 
     `widths` holds the output channels of each convolution in layout order. The forward pass
-    returns log-probabilities (use with NLL loss).
+    returns log-probabilities (use with NLL loss). With dropout 0 the blocks hold no dropout layer.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class ConvNet(nn.Module):
                     nn.Conv2d(channels, width, kernel, padding=padding),
                     nn.BatchNorm2d(width),
                     nn.ReLU(),
-                    Dropout(dropout),
+                    Dropout(dropout) if dropout > 0 else nn.Identity(),  # compiled, rate 0 would still draw masks
                 ]
                 channels, size = width, size + 2 * padding - kernel + 1
             if size < 1:
@@ -90,12 +90,20 @@ class Dropout(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
+        # The rate again as a tensor, for compiled graphs: an input to them rather than a constant
+        # in them, so that networks differing only in dropout (a sweep's trials) share their
+        # compiled code in the on-disk cache. Not part of the state dict.
+        self.register_buffer("rate", torch.tensor(float(p)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
+        if torch.compiler.is_compiling():
+            return _MaskDropout.apply(x, self.rate)
+        if self.p == 0.0:
+            return x
         return _MaskDropout.apply(x, self.p)
 
     def extra_repr(self) -> str:
@@ -104,8 +112,9 @@ class Dropout(nn.Module):
 
 class _MaskDropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        drop_below = round(p * 65536)  # of 65536 equally likely 16-bit values, this many drop
+    def forward(ctx: Any, x: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+        # of 65536 equally likely 16-bit values, this many drop
+        drop_below = torch.round(p * 65536) if isinstance(p, torch.Tensor) else round(p * 65536)
         n = x.numel()
         words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=x.device)
         bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]

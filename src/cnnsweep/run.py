@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
 from cnnsweep.artifacts import RunFolder
+from cnnsweep.compiling import note_compiled
 from cnnsweep.data import ImageData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
@@ -146,6 +147,14 @@ def _fit(
     history: list[EpochRecord] = []
     if resume:
         history = restore(folder, parts, scheduler, generator, summary, clock)
+    steps_left = (trainer.epochs - len(history)) * n_batches(len(splits.train), data.batch_size)
+    began = summary.get("compile")  # a resumed run's choice, from its checkpoint
+    setting = trainer.compile if began is None else began["compiled"]  # resumed: trains as it began
+    shape = (data.batch_size, *splits.train.images.shape[1:])
+    forward, compiling = trainer.compiled(model, steps_left, shape, setting)
+    reason = compiling.reason if began is None else f"as before the resume: {began['reason']}"
+    summary["compile"] = {"compiled": compiling.compile, "reason": reason}
+    log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
 
     def on_epoch_end(record: EpochRecord) -> None:
         history.append(record)
@@ -165,6 +174,7 @@ def _fit(
             "config": resolved,
             "rng": rng_state(generator),
             "best": {key: summary[key] for key in ("best_checkpoint_epoch", "best_checkpoint_value")},
+            "compile": summary["compile"],
             "wall_time_s": clock.elapsed(),
         }
         if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
@@ -173,12 +183,14 @@ def _fit(
             folder.save_checkpoint("best", state)
         folder.save_checkpoint("last", state)
         folder.write_summary(summary)
+        if compiling.compile:
+            note_compiled(compiling.key)  # the next run of these graphs starts warm
         if reporter is not None:
             value = summary["objective_value"]  # the first objective: Optuna prunes single-objective trials only
             reporter.report(record["epoch"], value, last=record["epoch"] == trainer.epochs)
 
     trainer.fit(
-        model, parts.forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
+        model, forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
         start_epoch=len(history) + 1, check_stop=stop.check, ema=parts.ema,
     )  # fmt: skip
 
@@ -227,6 +239,8 @@ def restore(
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     generator.set_state(state["rng"]["generator"])
     summary.update(state["best"])
+    if "compile" in state:  # older checkpoints have none: the run's own config decides, as it did then
+        summary["compile"] = state["compile"]
     clock.earlier_s = state["wall_time_s"]
     history = list(state["history"])
     folder.write_metrics(history)  # drop any row written after this checkpoint
@@ -241,7 +255,6 @@ class Parts:
     """The objects a run is made of, built from its config; the data is not read yet."""
 
     model: torch.nn.Module
-    forward: torch.nn.Module  # the model as the trainer calls it (compiled or not)
     trainer: Trainer
     data: ImageData
     augmentation: Augmentation
@@ -254,7 +267,7 @@ def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
     trainer = make(cfg.trainer)
     data = make(cfg.data)
     augmentation = make(cfg.augmentation)
-    forward = trainer.setup(model)  # before the optimizer, so its state lives where the parameters do
+    trainer.setup(model)  # before the optimizer, so its state lives where the parameters do
     lr = cfg.optimizer.get("lr")
     if lr is not None and lr <= 0:
         raise UserError(f"optimizer.lr={lr} must be positive")
@@ -262,7 +275,7 @@ def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
         optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
     except ValueError as error:  # torch's own checks (momentum, betas, weight decay, ...)
         raise UserError(f"optimizer ({cfg.optimizer._target_}): {error}; check the optimizer.* settings") from error
-    return Parts(model, forward, trainer, data, augmentation, optimizer, trainer.averaged(model))
+    return Parts(model, trainer, data, augmentation, optimizer, trainer.averaged(model))
 
 
 def build_scheduler(

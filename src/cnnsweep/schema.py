@@ -152,7 +152,7 @@ class TrainerSchema:
     progress: bool = MISSING
     channels_last: Optional[bool] = MISSING
     eval_channels_last: Optional[bool] = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING  # true, false or 'auto' (Trainer checks)
     precision: str = MISSING
     threads: Optional[int] = MISSING
     label_smoothing: float = MISSING

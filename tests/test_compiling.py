@@ -1,0 +1,162 @@
+"""trainer.compile: auto's rule, the shared compile cache, and compiled runs keeping every promise eager runs make."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+from test_model import SEED_LAYOUT, SEED_WIDTHS
+from test_reliability import metrics, summary, train_py, wait_for_rows
+
+from cnnsweep import compiling
+from cnnsweep.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
+from cnnsweep.evaluate import evaluate_checkpoint
+from cnnsweep.loop import Trainer
+from cnnsweep.model import ConvNet, Dropout
+
+from conftest import tiny_overrides
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_auto_compiles_long_runs_and_sooner_with_a_warm_cache(cache):
+    assert choose("auto", CPU, MIN_STEPS_COLD - 1, "k").compile is False
+    assert choose("auto", CPU, MIN_STEPS_COLD, "k").compile is True
+    assert choose("auto", CPU, MIN_STEPS_WARM, "k").reason.endswith(f"cache cold (eager below {MIN_STEPS_COLD:,})")
+    compiling.note_compiled("k")
+    assert (cache / compiling.COMPILED_NOTES / "k").is_file()
+    warm = choose("auto", CPU, MIN_STEPS_WARM, "k")
+    assert warm.compile is True and "compile cache warm" in warm.reason
+    assert choose("auto", CPU, MIN_STEPS_WARM - 1, "k").compile is False
+    assert choose("auto", CPU, MIN_STEPS_WARM, "other").compile is False  # another graph is still cold
+    assert choose("auto", torch.device("mps"), 10**6, "k").compile is False
+    assert choose(True, CPU, 1, "k").compile is True and choose(False, CPU, 10**6, "k").compile is False
+
+
+def test_the_cache_folder_is_torchs_own_setting_or_ours(monkeypatch, tmp_path):
+    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    assert compiling.cache_dir() == compiling.COMPILE_CACHE
+    import os
+
+    assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # where torch's compiler writes
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    assert compiling.cache_dir() == tmp_path
+
+
+def test_graph_keys_ignore_dropout_rates_and_tell_everything_else_apart():
+    def key(dropout=0.1, widths=SEED_WIDTHS, shape=(128, 1, 28, 28), precision="fp32", nhwc=False):
+        return graph_key(ConvNet(widths, SEED_LAYOUT, dropout=dropout), shape, CPU, precision, nhwc)
+
+    assert key(0.1) == key(0.03)
+    others = {key(widths=[12, *SEED_WIDTHS[1:]]), key(shape=(64, 1, 28, 28)), key(precision="bf16"), key(nhwc=True)}
+    assert key() not in others and len(others) == 4
+
+
+def test_compiled_dropout_takes_its_rate_as_an_input_not_a_constant():
+    graphs = []
+
+    def counting_backend(graph, inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    x = torch.ones(64, 64)
+    for p in (0.1, 0.3):
+        dropped = torch.compile(Dropout(p), backend=counting_backend)(x)
+        assert (dropped == 0).float().mean().item() == pytest.approx(p, abs=0.03)
+        assert dropped.unique().tolist() == [0.0, pytest.approx(1 / (1 - p), rel=1e-4)]
+    assert len(graphs) == 1  # the second rate reused the first rate's graph
+
+
+def test_compiled_runs_evaluate_an_nhwc_copy_as_eager_runs_do():
+    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    evaluated = trainer.eval_model(model)
+    assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+COMPILED = ("trainer.epochs=4", "data.val_size=100", "trainer.compile=true", "trainer.ema_decay=0.9")
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tiny_mnist, tmp_path_factory):
+    """A compiled 4-epoch tiny run with a weight average that nothing stops (400 images: 3 full batches and
+    one of 16, which runs eagerly)."""
+    run_dir = tmp_path_factory.mktemp("compiled") / "run"
+    result = train_py(*tiny_overrides(tiny_mnist, *COMPILED), f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir
+
+
+def test_a_compiled_run_checkpoints_plain_weights_that_evaluate_to_its_numbers(compiled_run):
+    said = summary(compiled_run)
+    assert said["compile"] == {"compiled": True, "reason": "trainer.compile=true"}
+    assert "compile: on (trainer.compile=true)" in (compiled_run / "train.log").read_text()
+    state = torch.load(compiled_run / "checkpoints" / "last.pt", weights_only=True)
+    assert not [name for name in state["model"] if "_orig_mod" in name]
+    ConvNet(SEED_WIDTHS, SEED_LAYOUT).load_state_dict(state["model"])  # a plain ConvNet loads them
+    assert int(state["ema"]["n_averaged"]) == 4 * 4
+    evaluation = evaluate_checkpoint(compiled_run, "last", device="cpu")
+    assert evaluation["test_acc"] == pytest.approx(said["final_test_acc"], abs=1e-9)
+
+
+def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnist, tmp_path, compiled_run):
+    run_dir = tmp_path / "run"
+    process = train_py(*tiny_overrides(tiny_mnist, *COMPILED), f"hydra.run.dir={run_dir}", wait=False)
+    wait_for_rows(run_dir, 1, process, timeout=300)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output
+    assert summary(run_dir)["status"] == "interrupted" and len(metrics(run_dir)) < 4
+
+    result = train_py(f"resume={run_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert metrics(run_dir) == metrics(compiled_run)
+    assert summary(run_dir)["compile"]["compiled"] is True
+
+
+def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3", "trainer.compile=true")
+    result = train_py(*overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "diverged" and stopped["compile"]["compiled"] is True
+
+
+def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
+    from cnnsweep.run import train
+
+    from conftest import compose_train
+
+    train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)
+    assert summary(tmp_path)["compile"] == {
+        "compiled": False,
+        "reason": f"auto: 5 planned steps, compile cache cold (eager below {MIN_STEPS_COLD:,})",
+    }
+
+
+def test_a_resumed_run_trains_as_it_began_whatever_auto_would_say_now(tiny_mnist, tmp_path, cache, monkeypatch):
+    from cnnsweep.run import train
+
+    from conftest import compose_train
+
+    train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)  # auto, cold cache: eager
+    began = summary(tmp_path)["compile"]
+    assert began["compiled"] is False
+    monkeypatch.setattr(compiling, "MIN_STEPS_COLD", 1)  # now auto would compile the rest
+    assert choose("auto", CPU, 5, "any").compile is True
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2")), tmp_path, resume=True)
+    resumed = summary(tmp_path)
+    assert resumed["compile"] == {"compiled": False, "reason": f"as before the resume: {began['reason']}"}
+    assert resumed["epochs_run"] == 2 and resumed["resumed_after_epoch"] == 1

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnsweep.compiling import CACHE_ENV
 from cnnsweep.data import Split, n_batches, shuffled_batches
 from cnnsweep.errors import make
 from cnnsweep.loop import preparers
@@ -49,6 +52,7 @@ class Variant:
     epoch_images: tuple[int, int]  # training and test images in one epoch
     end_epoch: Callable[[], None] = lambda: None  # the classic pipeline steps its scheduler per epoch
     test_accuracy: Callable[[], float] | None = None
+    compiled: bool = False  # trained through torch.compile
     warmup_s: float = 0.0
     train_rates: list[float] = field(default_factory=list)
     eval_rates: list[float] = field(default_factory=list)
@@ -75,15 +79,20 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
     scheduler = build_scheduler(cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
     prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
+    planned_steps = trainer.epochs * n_batches(len(splits.train), data.batch_size)
+    batch_shape = (data.batch_size, *splits.train.images.shape[1:])
+    forward, compiling = trainer.compiled(parts.model, planned_steps, batch_shape)
     if fixed_batch:
         first = next(shuffled_batches(splits.train, data.batch_size, generator))
         prepared = Split(prepare_train(first.images), first.labels)
         batches = cycle(lambda: iter([prepared]))
-        step = trainer.train_step(parts.model, parts.forward, parts.optimizer, scheduler, lambda images: images)
+        step = trainer.train_step(
+            parts.model, forward, parts.optimizer, scheduler, lambda images: images, data.batch_size
+        )
         eval_batch = prepare_eval(splits.test.images[: data.eval_batch_size])
     else:
         batches = cycle(lambda: shuffled_batches(splits.train, data.batch_size, generator))
-        step = trainer.train_step(parts.model, parts.forward, parts.optimizer, scheduler, prepare_train)
+        step = trainer.train_step(parts.model, forward, parts.optimizer, scheduler, prepare_train, data.batch_size)
 
     def train(n: int) -> int:
         images = 0
@@ -96,7 +105,7 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
 
     def evaluate(n: int) -> int:
         """n evaluation batches the way an epoch's evaluation runs them (Trainer.evaluate)."""
-        evaluated = trainer.eval_model(parts.model, parts.forward)
+        evaluated = trainer.eval_model(parts.model)
         if fixed_batch:
             inputs = Split(eval_batch.repeat(n, 1, 1, 1), splits.test.labels[:1].repeat(n * len(eval_batch)))
             trainer.evaluate(evaluated, inputs, data.eval_batch_size, lambda images: images)
@@ -107,7 +116,7 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
         synchronize(trainer.device)
         return len(inputs.labels)
 
-    return Variant(name, train, evaluate, (len(splits.train), len(splits.test)))
+    return Variant(name, train, evaluate, (len(splits.train), len(splits.test)), compiled=compiling.compile)
 
 
 def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
@@ -260,6 +269,7 @@ def results(variants: Sequence[Variant]) -> list[dict[str, Any]]:
             "eval_range": [min(variant.eval_rates), max(variant.eval_rates)],
             "epoch_s": train_images / train_rate + test_images / eval_rate,
             "warmup_s": variant.warmup_s,
+            "compiled": variant.compiled,
         }
         if classic is not None:
             row["train_vs_classic"] = train_rate / mean(classic.train_rates)
@@ -268,13 +278,37 @@ def results(variants: Sequence[Variant]) -> list[dict[str, Any]]:
     return rows
 
 
+def aligned(lines: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    header = ["variant", "train img/s", "(range)", "eval img/s", "(range)", "epoch s", "warm-up s", "train ×", "eval ×"]
+    header = [
+        "variant",
+        "compiled",
+        "train img/s",
+        "(range)",
+        "eval img/s",
+        "(range)",
+        "epoch s",
+        "warm-up s",
+        "train ×",
+        "eval ×",
+    ]
     lines = [header]
     for row in rows:
         lines.append(
             [
                 row["variant"],
+                "yes" if row["compiled"] else "no",
                 f"{row['train_images_per_s']:,.0f}",
                 "{:,.0f}-{:,.0f}".format(*row["train_range"]),
                 f"{row['eval_images_per_s']:,.0f}",
@@ -285,15 +319,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{row['eval_vs_classic']:.2f}" if "eval_vs_classic" in row else "-",
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    aligned = [
-        "  ".join(
-            cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=False))
-        )
-        for line in lines
-    ]
-    return "\n".join(aligned)
+    return aligned(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,7 +338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of throughput: train each variant fully (its config's epochs) per seed and "
                         "compare final test accuracy")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for --accuracy")
+    parser.add_argument("--compile-cache", choices=("shared", "cold"), default="shared",
+                        help="cold: compile into an empty cache (the first run on a machine); shared: the one "
+                        "every run uses (cnnsweep.compiling)")  # fmt: skip
     args = parser.parse_args(argv)
+    # Private: dynamo compiles ConvNet.forward afresh for every compiled variant (another model,
+    # batch size or autocast state) and, past 8 versions of one function, silently runs it eagerly;
+    # variants measured side by side in one process need more. tests/test_bench.py checks the name.
+    torch._dynamo.config.recompile_limit = 64
 
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = set(names) - {"classic", "cnnsweep", "compute"}
@@ -331,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             each = ", ".join(f"{100 * a:.2f}" for a in row["test_acc"])
             print(f"{row['variant']:<12} test accuracy {100 * row['mean']:.2f}% ± {100 * row['std']:.2f} ({each})")
         return 0
+    if args.compile_cache == "cold":  # the folder is removed when the process ends
+        cold_cache = tempfile.TemporaryDirectory(prefix="bench-compile-cache-")
+        os.environ[CACHE_ENV] = cold_cache.name
     variants = []
     for name in names:
         if name == "classic":
@@ -350,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": str(device),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "compile_cache": args.compile_cache,
         }
         print(json.dumps({**facts, "rows": rows}, indent=2))
     else:

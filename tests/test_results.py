@@ -125,3 +125,47 @@ def test_readmes_bench_table_is_the_stored_measurement():
     text = (REPO / "README.md").read_text()
     assert format_table(report["rows"]) in text
     assert report["command"] in text.replace(" \\\n    ", " ")  # the command, as README shows it
+    cold = next(row for row in report["rows"] if row["variant"] == "cnnsweep")
+    assert report["compile_cache"] == "cold" and cold["compiled"]
+    assert f"compiling costs {cold['warmup_s']:.1f} s with an empty cache" in " ".join(text.split())
+    warm = json.loads((REPO / "results" / "bench" / "cpu_warm.json").read_text())
+    assert warm["command"] == report["command"].replace(" --compile-cache cold", "")
+    default = next(row for row in warm["rows"] if row["variant"] == "cnnsweep")
+    said = (
+        f"it is {default['warmup_s']:.1f} s, and the default path trains at {default['train_vs_classic']:.2f}x classic"
+    )
+    assert said in " ".join(text.split())
+
+
+BENCH = REPO / "results" / "bench"
+
+
+def stored(name: str) -> dict:
+    return json.loads((BENCH / name).read_text())
+
+
+def test_readmes_time_to_99_4_tables_are_the_stored_measurements():
+    from cnnsweep.runbench import runs_table
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    for name in ("runs_warm.json", "runs_cold.json"):
+        report = stored(name)
+        assert " ".join(runs_table(report["rows"]).split()) in text, name
+        assert report["command"] in text, name
+    minute = next(row for row in stored("runs_warm.json")["rows"] if row["recipe"] == "minute")
+    assert minute["test_acc_mean"] >= 99.40 and minute["wall_s_max"] <= 60  # what the recipe promises
+    kept = [json.loads((RESULTS / "minute" / f"seed{run['seed']}.summary.json").read_text()) for run in minute["runs"]]
+    assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in minute["runs"]]
+
+
+def test_readmes_sweep_throughput_is_the_stored_measurement():
+    from cnnsweep.runbench import sweep_table
+
+    report = stored("sweep.json")
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert " ".join(sweep_table(report["rows"]).split()) in text
+    assert report["command"] in text
+    faster = max(report["rows"], key=lambda row: row["trials_per_hour"])
+    assert compose_train(["hparams_search=lr_gamma_dropout", *faster["overrides"]]).trainer.compile == (
+        compose_train(["hparams_search=lr_gamma_dropout"]).trainer.compile
+    )  # the search ships with the faster setting

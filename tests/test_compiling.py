@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
@@ -44,11 +45,17 @@ def test_auto_compiles_long_runs_and_sooner_with_a_warm_cache(cache):
 def test_the_cache_folder_is_torchs_own_setting_or_ours(monkeypatch, tmp_path):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     assert compiling.cache_dir() == compiling.COMPILE_CACHE
-    import os
-
     assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # where torch's compiler writes
     monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
     assert compiling.cache_dir() == tmp_path
+
+
+def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
+    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
+    forward, choice = trainer.compiled(ConvNet(SEED_WIDTHS, SEED_LAYOUT), 1, (16, 1, 28, 28))
+    assert choice.compile and forward is not None
+    assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # set before torch compiles anything
 
 
 def test_graph_keys_ignore_dropout_rates_and_tell_everything_else_apart():
@@ -83,12 +90,12 @@ def test_compiled_runs_evaluate_an_nhwc_copy_as_eager_runs_do():
     assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
-COMPILED = ("trainer.epochs=4", "data.val_size=100", "trainer.compile=true", "trainer.ema_decay=0.9")
+COMPILED = ("trainer.epochs=8", "data.val_size=100", "trainer.compile=true", "trainer.ema_decay=0.9")
 
 
 @pytest.fixture(scope="module")
 def compiled_run(tiny_mnist, tmp_path_factory):
-    """A compiled 4-epoch tiny run with a weight average that nothing stops (400 images: 3 full batches and
+    """A compiled 8-epoch tiny run with a weight average that nothing stops (400 images: 3 full batches and
     one of 16, which runs eagerly)."""
     run_dir = tmp_path_factory.mktemp("compiled") / "run"
     result = train_py(*tiny_overrides(tiny_mnist, *COMPILED), f"hydra.run.dir={run_dir}")
@@ -103,7 +110,7 @@ def test_a_compiled_run_checkpoints_plain_weights_that_evaluate_to_its_numbers(c
     state = torch.load(compiled_run / "checkpoints" / "last.pt", weights_only=True)
     assert not [name for name in state["model"] if "_orig_mod" in name]
     ConvNet(SEED_WIDTHS, SEED_LAYOUT).load_state_dict(state["model"])  # a plain ConvNet loads them
-    assert int(state["ema"]["n_averaged"]) == 4 * 4
+    assert int(state["ema"]["n_averaged"]) == 8 * 4
     evaluation = evaluate_checkpoint(compiled_run, "last", device="cpu")
     assert evaluation["test_acc"] == pytest.approx(said["final_test_acc"], abs=1e-9)
 
@@ -115,7 +122,7 @@ def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnis
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143, output
-    assert summary(run_dir)["status"] == "interrupted" and len(metrics(run_dir)) < 4
+    assert summary(run_dir)["status"] == "interrupted" and len(metrics(run_dir)) < 8
 
     result = train_py(f"resume={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cnnsweep.compiling import CompileChoice, choose, graph_key
+from cnnsweep.compiling import CompileChoice, cache_dir, choose, graph_key
 from cnnsweep.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
 from cnnsweep.errors import UserError
 
@@ -256,6 +256,7 @@ class Trainer:
         # Dynamo keeps what it compiled per Python function, and past 8 versions of one (another
         # network of an earlier run in this process: a sweep's worker) runs it eagerly without a
         # word; a run compiles its own network afresh. The on-disk cache outlives this.
+        cache_dir()  # before reset(): torch puts its own default folder in the environment once it looks
         torch.compiler.reset()
         return torch.compile(model), choice
 

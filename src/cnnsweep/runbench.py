@@ -160,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs.add_argument("overrides", nargs="*", help="Hydra overrides for every recipe")
     runs.add_argument("--recipe", action="append", default=[], metavar='NAME="OVERRIDES"')
     runs.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, run one after another")
-    runs.add_argument("--compile-cache", choices=("shared", "warm", "cold"), default="shared")
+    runs.add_argument("--compile-cache", choices=("shared", "warm", "cold"), default="shared",
+                      help="shared: the cache every run uses; warm: the same after one untimed run of each "
+                      "recipe; cold: an empty cache for every run")  # fmt: skip
     runs.add_argument("--keep", type=Path, help="copy each run's metrics.csv and summary.json here")
     sweep = modes.add_parser("sweep", help="trials per hour of a sweep")
     sweep.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep")
@@ -172,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="runbench-") as folder:
         scratch = Path(folder)
         if args.mode == "runs":
-            seeds = [int(seed) for seed in args.seeds.split(",")]
+            try:
+                seeds = [int(seed) for seed in args.seeds.split(",")]
+            except ValueError:
+                parser.error(f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 0,1,2")
             rows = [
                 time_runs(name, [*args.overrides, *extra], seeds, args.compile_cache, scratch, args.keep)
                 for name, extra in named(args.recipe, parser, "--recipe")

@@ -1,0 +1,48 @@
+"""`python -m cnnsweep.runbench` times whole runs and whole sweeps from the outside."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
+    overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1"]
+    command = [sys.executable, "-m", "cnnsweep.runbench", "runs", *overrides, "--recipe", "narrow=model=tiny"]
+    command += ["--seeds", "0,1", "--keep", str(tmp_path), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["command"].startswith("python -m cnnsweep.runbench runs data.root=")
+    (row,) = report["rows"]
+    assert (row["recipe"], row["overrides"][-1]) == ("narrow", "model=tiny")
+    assert [run["seed"] for run in row["runs"]] == [0, 1] and all(run["epochs"] == 1 for run in row["runs"])
+    assert row["wall_s_mean"] == pytest.approx(sum(run["wall_s"] for run in row["runs"]) / 2)
+    kept = [json.loads((tmp_path / "narrow" / f"seed{n}.summary.json").read_text()) for n in (0, 1)]
+    assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in row["runs"]]
+    assert 100 * sum(run["test_acc"] for run in row["runs"]) / 2 == pytest.approx(row["test_acc_mean"])
+    assert [summary["n_params"] for summary in kept] == [7_834, 7_834]  # the recipe's own network
+    assert (tmp_path / "narrow" / "seed1.metrics.csv").is_file()
+
+
+def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
+    overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1",
+                 "hparams_search=lr_gamma_dropout", "data.val_size=100", "hydra.sweeper.n_trials=2",
+                 "hydra/launcher=basic", "hydra.sweeper.n_jobs=1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "cnnsweep.runbench",
+        "sweep",
+        *overrides,
+        "--variant",
+        "eager=trainer.compile=false",
+    ]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["variant"] == "eager" and row["overrides"] == ["trainer.compile=false"]
+    assert (row["trials_completed"], row["trials_pruned"]) == (2, 0)  # a trial's last epoch is never pruned
+    assert row["trials_per_hour"] == pytest.approx(3600 * 2 / row["wall_s"])
+    assert row["epochs_per_hour"] == pytest.approx(3600 * 2 / row["wall_s"])  # one epoch each

@@ -13,6 +13,7 @@ from test_reliability import metrics, summary, train_py, wait_for_rows
 
 from cnnsweep import compiling
 from cnnsweep.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
+from cnnsweep.data import Split
 from cnnsweep.evaluate import evaluate_checkpoint
 from cnnsweep.loop import Trainer
 from cnnsweep.model import ConvNet, Dropout
@@ -53,7 +54,8 @@ def test_the_cache_folder_is_torchs_own_setting_or_ours(monkeypatch, tmp_path):
 def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
-    forward, choice = trainer.compiled(ConvNet(SEED_WIDTHS, SEED_LAYOUT), 1, (16, 1, 28, 28))
+    one_batch = Split(torch.zeros(16, 1, 28, 28, dtype=torch.uint8), torch.zeros(16, dtype=torch.long))
+    forward, choice = trainer.compiled(ConvNet(SEED_WIDTHS, SEED_LAYOUT), one_batch, 16, 1)
     assert choice.compile and forward is not None
     assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # set before torch compiles anything
 

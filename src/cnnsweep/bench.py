@@ -79,9 +79,7 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
     scheduler = build_scheduler(cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
     prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
-    planned_steps = trainer.epochs * n_batches(len(splits.train), data.batch_size)
-    batch_shape = (data.batch_size, *splits.train.images.shape[1:])
-    forward, compiling = trainer.compiled(parts.model, planned_steps, batch_shape)
+    forward, compiling = trainer.compiled(parts.model, splits.train, data.batch_size, trainer.epochs)
     if fixed_batch:
         first = next(shuffled_batches(splits.train, data.batch_size, generator))
         prepared = Split(prepare_train(first.images), first.labels)
@@ -200,19 +198,22 @@ def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def accuracy(
-    names: Sequence[str], also: Sequence[str], overrides: Sequence[str], seeds: Sequence[int], workers: int
+    names: Sequence[str],
+    also: Sequence[tuple[str, list[str]]],
+    overrides: Sequence[str],
+    seeds: Sequence[int],
+    workers: int,
 ) -> list[dict[str, Any]]:
     """Final test accuracy of whole training runs, per variant and seed (for `--accuracy`).
 
     classic trains with its DataLoader pipeline and per-epoch StepLR (the seed recipe's loop);
-    cnnsweep and the --also variants run cnnsweep.run.train exactly as `python train.py` does.
+    cnnsweep and the --also variants (name, overrides) run cnnsweep.run.train exactly as
+    `python train.py` does.
     """
-    import tempfile
-
     from cnnsweep.run import train
 
     plans = [(name, []) for name in names if name != "compute"]
-    plans += [(extra.partition("=")[0], shlex.split(extra.partition("=")[2])) for extra in also]
+    plans += list(also)
     rows = []
     for name, extra in plans:
         accuracies = []
@@ -276,6 +277,14 @@ def results(variants: Sequence[Variant]) -> list[dict[str, Any]]:
             row["eval_vs_classic"] = eval_rate / mean(classic.eval_rates)
         rows.append(row)
     return rows
+
+
+def named(specs: Sequence[str], parser: argparse.ArgumentParser, flag: str) -> list[tuple[str, list[str]]]:
+    """NAME="OVERRIDES" arguments as (name, overrides) pairs; anything else ends the command in one line."""
+    pairs = [spec.partition("=") for spec in specs]
+    if not pairs or any(not name or not sep for name, sep, _ in pairs):
+        parser.error(f'give one or more {flag} NAME="OVERRIDES" (the overrides may be empty: NAME=)')
+    return [(name, shlex.split(overrides)) for name, _, overrides in pairs]
 
 
 def aligned(lines: Sequence[Sequence[str]]) -> str:
@@ -351,13 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(names) - {"classic", "cnnsweep", "compute"}
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from classic, cnnsweep, compute")
+    also = named(args.also, parser, "--also") if args.also else []
     cfg = compose_config(args.overrides)
     data_target = cfg.data._target_
     if "classic" in names and data_target != "cnnsweep.data.MNISTData":
         parser.error(f"the classic variant reads MNIST-like data only, not {data_target}; leave it out of --variants")
     if args.accuracy:
         seeds = [int(seed) for seed in args.seeds.split(",")]
-        rows = accuracy(names, args.also, args.overrides, seeds, args.workers)
+        rows = accuracy(names, also, args.overrides, seeds, args.workers)
         if args.json:
             print(json.dumps({"rows": rows}, indent=2))
         for row in rows:
@@ -373,9 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants.append(classic_variant(args.overrides, args.workers))
         else:
             variants.append(cnnsweep_variant(name, args.overrides, fixed_batch=name == "compute"))
-    for extra in args.also:
-        name, _, more = extra.partition("=")
-        variants.append(cnnsweep_variant(name, [*args.overrides, *shlex.split(more)]))
+    for name, extra in also:
+        variants.append(cnnsweep_variant(name, [*args.overrides, *extra]))
     measure(variants, args.batches, args.eval_batches, args.rounds, args.warmup)
     rows = results(variants)
     device = make(cfg.trainer).device

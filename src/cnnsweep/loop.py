@@ -244,12 +244,14 @@ class Trainer:
         model.to(self.device, memory_format=layout)
 
     def compiled(
-        self, model: nn.Module, planned_steps: int, input_shape: tuple[int, ...], setting: bool | str | None = None
+        self, model: nn.Module, train: Split, batch_size: int, epochs: int, setting: bool | str | None = None
     ) -> tuple[nn.Module, CompileChoice]:
-        """The module training steps call (`model` compiled, or itself), and why. `planned_steps`:
-        the run's training steps; `input_shape`: one full training batch's; `setting`: instead of
-        self.compile (a resumed run's earlier choice)."""
+        """The module training steps call (`model` compiled, or itself), and why, for `epochs` more
+        epochs over `train` in batches of `batch_size`. `setting`: instead of self.compile (a resumed
+        run's earlier choice)."""
+        input_shape = (batch_size, *train.images.shape[1:])
         key = graph_key(model, input_shape, self.device, self.precision, self.channels_last)
+        planned_steps = epochs * n_batches(len(train), batch_size)
         choice = choose(self.compile if setting is None else setting, self.device, planned_steps, key)
         if not choice.compile:
             return model, choice

@@ -147,11 +147,11 @@ def _fit(
     history: list[EpochRecord] = []
     if resume:
         history = restore(folder, parts, scheduler, generator, summary, clock)
-    steps_left = (trainer.epochs - len(history)) * n_batches(len(splits.train), data.batch_size)
+    first_epoch = len(history) + 1  # of this invocation
     began = summary.get("compile")  # a resumed run's choice, from its checkpoint
     setting = trainer.compile if began is None else began["compiled"]  # resumed: trains as it began
-    shape = (data.batch_size, *splits.train.images.shape[1:])
-    forward, compiling = trainer.compiled(model, steps_left, shape, setting)
+    epochs_left = trainer.epochs - len(history)
+    forward, compiling = trainer.compiled(model, splits.train, data.batch_size, epochs_left, setting)
     reason = compiling.reason if began is None else f"as before the resume: {began['reason']}"
     summary["compile"] = {"compiled": compiling.compile, "reason": reason}
     log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
@@ -183,7 +183,7 @@ def _fit(
             folder.save_checkpoint("best", state)
         folder.save_checkpoint("last", state)
         folder.write_summary(summary)
-        if compiling.compile:
+        if compiling.compile and record["epoch"] == first_epoch:
             note_compiled(compiling.key)  # the next run of these graphs starts warm
         if reporter is not None:
             value = summary["objective_value"]  # the first objective: Optuna prunes single-objective trials only
@@ -191,7 +191,7 @@ def _fit(
 
     trainer.fit(
         model, forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
-        start_epoch=len(history) + 1, check_stop=stop.check, ema=parts.ema,
+        start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
     )  # fmt: skip
 
 

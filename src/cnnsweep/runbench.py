@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.bench import aligned
+from cnnsweep.bench import aligned, named
 from cnnsweep.compiling import CACHE_ENV
 from cnnsweep.schema import CONF_DIR
 
@@ -109,13 +109,6 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
         "trials_per_hour": 3600 * len(finished) / wall_s,  # completed and pruned: every trial the sweep ran
         "epochs_per_hour": 3600 * epochs / wall_s,  # the fair measure when pruning stops trials early
     }
-
-
-def named(specs: Sequence[str], parser: argparse.ArgumentParser, flag: str) -> list[tuple[str, list[str]]]:
-    pairs = [spec.partition("=") for spec in specs]
-    if not pairs or any(not name or not sep for name, sep, _ in pairs):
-        parser.error(f'give one or more {flag} NAME="OVERRIDES" (the overrides may be empty: NAME=)')
-    return [(name, shlex.split(overrides)) for name, _, overrides in pairs]
 
 
 def runs_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -7,6 +7,9 @@ import sys
 import pytest
 import torch
 
+from cnnsweep.bench import format_table
+from cnnsweep.machine import machine_facts, machine_label
+
 
 def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
     result = subprocess.run(
@@ -24,6 +27,9 @@ def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
     assert report["command"].startswith("python -m cnnsweep.bench data.root=") and "--also" in report["command"]
     assert report["torch"] == torch.__version__ and report["threads"] >= 1 and report["compile_cache"] == "shared"
     assert not any(row["compiled"] for row in rows.values())  # auto: 19 epochs of 5 steps stay eager
+    assert report["machine"] == machine_facts(torch.device("cpu"))  # every figure names its machine
+    assert {row["machine"] for row in rows.values()} == {machine_label(report["machine"])}
+    assert format_table(report["rows"]).splitlines()[1].endswith(machine_label(report["machine"]))
     classic = rows["classic"]
     for row in rows.values():
         assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0

@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+from cnnsweep.machine import machine_facts, machine_label
+from cnnsweep.runbench import runs_table
+
 
 def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1"]
@@ -24,6 +27,9 @@ def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     assert 100 * sum(run["test_acc"] for run in row["runs"]) / 2 == pytest.approx(row["test_acc_mean"])
     assert [summary["n_params"] for summary in kept] == [7_834, 7_834]  # the recipe's own network
     assert (tmp_path / "narrow" / "seed1.metrics.csv").is_file()
+    assert report["machine"] == machine_facts() and row["machine"] == machine_label(machine_facts())
+    assert [run["precision"] for run in row["runs"]] == [summary["precision"]["precision"] for summary in kept]
+    assert runs_table(report["rows"]).splitlines()[1].endswith(f"{kept[0]['precision']['precision']}  {row['machine']}")
 
 
 def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
@@ -43,6 +49,7 @@ def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["rows"]
     assert row["variant"] == "eager" and row["overrides"] == ["trainer.compile=false"]
+    assert row["machine"] == machine_label(machine_facts())
     assert (row["trials_completed"], row["trials_pruned"]) == (2, 0)  # a trial's last epoch is never pruned
     assert row["trials_per_hour"] == pytest.approx(3600 * 2 / row["wall_s"])
     assert row["epochs_per_hour"] == pytest.approx(3600 * 2 / row["wall_s"])  # one epoch each

@@ -37,6 +37,7 @@ from cnnsweep.compiling import CACHE_ENV
 from cnnsweep.data import Split, n_batches, shuffled_batches
 from cnnsweep.errors import make
 from cnnsweep.loop import preparers
+from cnnsweep.machine import machine_facts, machine_label
 from cnnsweep.model import Dropout
 from cnnsweep.run import build, build_scheduler
 from cnnsweep.schema import compose_config
@@ -256,7 +257,9 @@ def measure(variants: Sequence[Variant], batches: int, eval_batches: int, rounds
             variant.eval_rates.append(timed(variant.evaluate, eval_batches))
 
 
-def results(variants: Sequence[Variant]) -> list[dict[str, Any]]:
+def results(variants: Sequence[Variant], machine: str) -> list[dict[str, Any]]:
+    """One row per variant: its rates, epoch and warm-up times, ratios to the classic pipeline, and the
+    machine (machine_label) they were measured on."""
     classic = next((v for v in variants if v.name == "classic"), None)
     rows = []
     for variant in variants:
@@ -271,6 +274,7 @@ def results(variants: Sequence[Variant]) -> list[dict[str, Any]]:
             "epoch_s": train_images / train_rate + test_images / eval_rate,
             "warmup_s": variant.warmup_s,
             "compiled": variant.compiled,
+            "machine": machine,
         }
         if classic is not None:
             row["train_vs_classic"] = train_rate / mean(classic.train_rates)
@@ -311,6 +315,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "warm-up s",
         "train ×",
         "eval ×",
+        "machine",
     ]
     lines = [header]
     for row in rows:
@@ -326,6 +331,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{row['warmup_s']:.1f}",
                 f"{row['train_vs_classic']:.2f}" if "train_vs_classic" in row else "-",
                 f"{row['eval_vs_classic']:.2f}" if "eval_vs_classic" in row else "-",
+                row["machine"],
             ]
         )
     return aligned(lines)
@@ -386,13 +392,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, extra in also:
         variants.append(cnnsweep_variant(name, [*args.overrides, *extra]))
     measure(variants, args.batches, args.eval_batches, args.rounds, args.warmup)
-    rows = results(variants)
     device = make(cfg.trainer).device
+    machine = machine_facts(device)
+    rows = results(variants, machine_label(machine))
     if args.json:
         command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
         facts = {
             "command": command,
             "device": str(device),
+            "machine": machine,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "compile_cache": args.compile_cache,

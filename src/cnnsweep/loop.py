@@ -22,6 +22,7 @@ from tqdm import tqdm
 from cnnsweep.compiling import CompileChoice, cache_dir, choose, graph_key
 from cnnsweep.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
 from cnnsweep.errors import UserError
+from cnnsweep.machine import PrecisionChoice, choose_precision
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 EpochRecord = dict[str, float]
@@ -172,16 +173,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def device_defaults(device: torch.device) -> dict[str, Any]:
-    """What the `auto`/null trainer settings mean on a device.
+    """What the null memory-layout settings mean on a device (`precision: auto` is the hardware's
+    choice: cnnsweep.machine.choose_precision).
 
     Measured with `python -m cnnsweep.bench` on a 2-core CPU: NHWC made training 9% slower and
-    evaluation 1.7x faster; bf16 autocast did not speed training up. On CUDA, bf16 autocast and
-    NHWC are the usual wins for convolutions (not measured here: no GPU was available).
+    evaluation 1.7x faster. On CUDA, NHWC is the usual win for convolutions (not measured here:
+    no GPU was available).
     """
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-        return {"precision": "bf16" if bf16 else "fp32", "channels_last": True, "eval_channels_last": True}
-    return {"precision": "fp32", "channels_last": False, "eval_channels_last": True}
+        return {"channels_last": True, "eval_channels_last": True}
+    return {"channels_last": False, "eval_channels_last": True}
 
 
 class Trainer:
@@ -190,11 +191,11 @@ class Trainer:
     channels_last / eval_channels_last: NHWC memory layout for training / for evaluation passes
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
     first steps): true, false, or 'auto' (cnnsweep.compiling.choose: when the run is long enough
-    to pay the warm-up back). precision: autocast dtype of forward passes, 'auto' for the device's default
-    (fp32: none; fp16 also scales the loss). threads: torch's intra-op CPU threads (null: torch's
-    default). The device defaults are in device_defaults(). label_smoothing: of the training loss.
-    ema_decay: evaluate an exponential moving average of the weights (and BatchNorm statistics)
-    instead of the weights themselves (None: off).
+    to pay the warm-up back). precision: autocast dtype of forward passes (fp32: none; fp16 also
+    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.machine).
+    threads: torch's intra-op CPU threads (null: torch's default). The memory-layout defaults are in
+    device_defaults(). label_smoothing: of the training loss. ema_decay: evaluate an exponential
+    moving average of the weights (and BatchNorm statistics) instead of the weights themselves (None: off).
     """
 
     def __init__(
@@ -224,10 +225,11 @@ class Trainer:
             raise UserError(f"trainer.ema_decay={ema_decay} must lie in (0, 1), or be null (no averaging)")
         self.epochs = epochs
         self.device = resolve_device(device)
-        defaults = device_defaults(self.device)
-        self.precision = defaults["precision"] if precision == "auto" else precision
-        if self.precision == "fp16" and self.device.type != "cuda":
+        if precision == "fp16" and self.device.type != "cuda":
             raise UserError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32")
+        defaults = device_defaults(self.device)
+        self.precision_choice: PrecisionChoice = choose_precision(precision, self.device)
+        self.precision = self.precision_choice.precision
         self.progress = progress
         self.channels_last = defaults["channels_last"] if channels_last is None else channels_last
         self.eval_channels_last = defaults["eval_channels_last"] if eval_channels_last is None else eval_channels_last

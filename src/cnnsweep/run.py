@@ -26,6 +26,7 @@ from cnnsweep.compiling import note_compiled
 from cnnsweep.data import ImageData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
+from cnnsweep.machine import machine_facts
 from cnnsweep.model import OverBudget, check_budget, count_parameters
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
 from cnnsweep.schema import CONF_DIR
@@ -133,7 +134,8 @@ def _fit(
 ) -> None:
     parts = build(cfg, model)
     trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
-    summary.update(device=str(trainer.device), device_name=device_name(trainer.device))
+    machine = machine_facts(trainer.device)
+    summary.update(device=str(trainer.device), device_name=machine["gpu"] or machine["cpu"], machine=machine)
     said = ", ".join(objectives)
     log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {said}")
     metric = checkpoint_metric(objectives, cfg.data.val_size)  # picks best.pt
@@ -148,6 +150,10 @@ def _fit(
     if resume:
         history = restore(folder, parts, scheduler, generator, summary, clock)
     first_epoch = len(history) + 1  # of this invocation
+    precision = pin_precision(trainer, summary)
+    if trainer.precision_choice.warning is not None and precision["precision"] == "bf16":
+        log.warning(trainer.precision_choice.warning)
+    log.info(f"precision: {precision['precision']} ({precision['reason']})")
     began = summary.get("compile")  # a resumed run's choice, from its checkpoint
     setting = trainer.compile if began is None else began["compiled"]  # resumed: trains as it began
     epochs_left = trainer.epochs - len(history)
@@ -175,6 +181,7 @@ def _fit(
             "rng": rng_state(generator),
             "best": {key: summary[key] for key in ("best_checkpoint_epoch", "best_checkpoint_value")},
             "compile": summary["compile"],
+            "precision": precision,
             "wall_time_s": clock.elapsed(),
         }
         if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
@@ -193,6 +200,20 @@ def _fit(
         model, forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
         start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
     )  # fmt: skip
+
+
+def pin_precision(trainer: Trainer, summary: dict[str, Any]) -> dict[str, str]:
+    """The precision the run trains in, and why: a resumed run's from its checkpoint (in
+    summary["precision"]; `auto` may decide otherwise on another machine), else the trainer's
+    choice. Recorded in summary["precision"]."""
+    began = summary.get("precision")
+    if began is None:
+        chosen = {"precision": trainer.precision, "reason": trainer.precision_choice.reason}
+    else:
+        trainer.precision = began["precision"]
+        chosen = {"precision": began["precision"], "reason": f"as before the resume: {began['reason']}"}
+    summary["precision"] = chosen
+    return chosen
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -239,8 +260,9 @@ def restore(
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     generator.set_state(state["rng"]["generator"])
     summary.update(state["best"])
-    if "compile" in state:  # older checkpoints have none: the run's own config decides, as it did then
-        summary["compile"] = state["compile"]
+    for choice in ("compile", "precision"):  # older checkpoints have none: the config decides, as it did then
+        if choice in state:
+            summary[choice] = state[choice]
     clock.earlier_s = state["wall_time_s"]
     history = list(state["history"])
     folder.write_metrics(history)  # drop any row written after this checkpoint
@@ -329,12 +351,6 @@ def format_epoch(record: EpochRecord, epochs: int) -> str:
             parts.append(f"{split} loss {record[f'{split}_loss']:.4f} acc {100 * record[f'{split}_acc']:.2f}%")
     parts.append(f"{record['seconds']:.1f} s, {record['images_per_s']:,.0f} img/s")
     return " | ".join(parts)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

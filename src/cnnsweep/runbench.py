@@ -34,6 +34,7 @@ from typing import Any
 
 from cnnsweep.bench import aligned, named
 from cnnsweep.compiling import CACHE_ENV
+from cnnsweep.machine import machine_facts, machine_label
 from cnnsweep.schema import CONF_DIR
 
 TRAIN_PY = CONF_DIR.parent / "train.py"
@@ -72,6 +73,7 @@ def time_runs(
                 "wall_s": wall_s,
                 "test_acc": summary["final_test_acc"],
                 "compiled": summary["compile"]["compiled"],
+                "precision": summary["precision"]["precision"],
                 "epochs": summary["epochs_run"],
             }
         )
@@ -88,6 +90,7 @@ def time_runs(
         "test_acc_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
         "wall_s_mean": statistics.mean(run["wall_s"] for run in runs),
         "wall_s_max": max(run["wall_s"] for run in runs),
+        "machine": machine_label(machine_facts()),
     }
 
 
@@ -108,11 +111,12 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
         "trials_pruned": sum(trial["state"] == "PRUNED" for trial in finished),
         "trials_per_hour": 3600 * len(finished) / wall_s,  # completed and pruned: every trial the sweep ran
         "epochs_per_hour": 3600 * epochs / wall_s,  # the fair measure when pruning stops trials early
+        "machine": machine_label(machine_facts()),
     }
 
 
 def runs_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [["recipe", "seeds", "test acc %", "(each)", "wall s", "(each)", "compiled"]]
+    lines = [["recipe", "seeds", "test acc %", "(each)", "wall s", "(each)", "compiled", "precision", "machine"]]
     for row in rows:
         runs = row["runs"]
         lines.append(
@@ -124,13 +128,15 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{row['wall_s_mean']:.1f}",
                 ", ".join(f"{run['wall_s']:.1f}" for run in runs),
                 "yes" if all(run["compiled"] for run in runs) else "no",
+                "/".join(sorted({run["precision"] for run in runs})),
+                row["machine"],
             ]
         )
     return aligned(lines)
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [["variant", "wall s", "completed", "pruned", "trials/h", "epochs/h", "overrides"]]
+    lines = [["variant", "wall s", "completed", "pruned", "trials/h", "epochs/h", "machine", "overrides"]]
     for row in rows:
         lines.append(
             [
@@ -140,6 +146,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
                 str(row["trials_pruned"]),
                 f"{row['trials_per_hour']:.1f}",
                 f"{row['epochs_per_hour']:.1f}",
+                row["machine"],
                 " ".join(row["overrides"]) or "(as configured)",
             ]
         )
@@ -181,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = [time_sweep(name, args.overrides, extra, scratch) for name, extra in variants]
             table = sweep_table(rows)
     if args.json:
-        print(json.dumps({"command": command, "cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+        print(json.dumps({"command": command, "machine": machine_facts(), "rows": rows}, indent=2))
     else:
         print(table)
     return 0

@@ -114,3 +114,16 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_mnist, tmp_path, m
         return [line.split(",")[:-2] for line in lines]  # seconds and images_per_s come last
 
     assert without_timing(again) == without_timing(whole)
+
+
+def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_mnist, tmp_path):
+    from cnnsweep.evaluate import evaluate_checkpoint
+
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path)
+    recorded = (tmp_path / "metrics.csv").read_text().splitlines()
+    header, last = recorded[0].split(","), recorded[-1].split(",")
+    evaluation = evaluate_checkpoint(tmp_path, "last", device="cpu")
+    assert evaluation["precision"] == "bf16"
+    # in fp32 the loss differs in the fourth digit (2.28390 against 2.28312 when this was written)
+    assert evaluation["test_loss"] == pytest.approx(float(last[header.index("test_loss")]), rel=1e-6)
+    assert evaluation["test_acc"] == pytest.approx(float(last[header.index("test_acc")]), abs=1e-9)

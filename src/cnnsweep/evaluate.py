@@ -22,7 +22,7 @@ import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by s
 from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError, make
-from cnnsweep.loop import predict, resolve_device
+from cnnsweep.loop import autocast, predict, resolve_device
 
 EVALUATION_DIR = "evaluation"
 
@@ -85,13 +85,17 @@ def evaluate_checkpoint(
     run_device = resolve_device(device)
     test = data.load(run_device).test
     model.to(run_device)
-    log_probs = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
+    precision = trained_precision(checkpoint, run_device)
+    with autocast(run_device, precision):
+        log_probs = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
+    log_probs = log_probs.float()
     predicted = log_probs.argmax(1)
     results = summarize_predictions(log_probs, test.labels)
     results |= {
         "checkpoint": str(checkpoint_path),
         "epoch": checkpoint.get("epoch"),
         "recorded_test_acc": (checkpoint.get("metrics") or {}).get("test_acc"),
+        "precision": precision,
         "config": config_source,
     }
     out = folder.path / EVALUATION_DIR
@@ -105,6 +109,13 @@ def evaluate_checkpoint(
     )
     results["files"] = [str(out / name) for name in ("evaluation.json", "confusion_matrix.png", "misclassified.png")]
     return results
+
+
+def trained_precision(checkpoint: dict[str, Any], device: torch.device) -> str:
+    """The precision the run evaluated in while training (its checkpoint says; older ones: fp32), so
+    that the recorded accuracy is reproduced; fp16 autocast exists on CUDA only, elsewhere fp32."""
+    precision = (checkpoint.get("precision") or {}).get("precision", "fp32")
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
 
 def summarize_predictions(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:

@@ -172,6 +172,14 @@ def preparers(data: ImageData, augmentation: Augmentation, generator: torch.Gene
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Forward passes in `precision` (a PRECISIONS name) on `device`; fp32: as they are."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def device_defaults(device: torch.device) -> dict[str, Any]:
     """What the null memory-layout settings mean on a device (`precision: auto` is the hardware's
     choice: cnnsweep.machine.choose_precision).
@@ -271,10 +279,7 @@ class Trainer:
         return AveragedModel(model, multi_avg_fn=ema_update(self.ema_decay), use_buffers=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def train_step(
         self,

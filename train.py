@@ -17,7 +17,6 @@ from cnnsweep.errors import UserError
 from cnnsweep.loop import Diverged
 from cnnsweep.run import train
 from cnnsweep.signals import Interrupted
-from cnnsweep.trial import connect_trial
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -31,7 +30,11 @@ def main(cfg: DictConfig) -> float:
                 raise UserError("resume=PATH continues one run; it cannot be swept (drop --multirun)")
             return train(resumed_run(cfg.resume, hydra_cfg.overrides.task), run_dir, resume=True)
         # In a cnnsweep Optuna sweep the job reports to its trial each epoch, so it can be pruned.
-        reporter = connect_trial(hydra_cfg) if sweeping else None
+        reporter = None
+        if sweeping:
+            from cnnsweep.trial import connect_trial  # imports optuna: 2.5 s a plain run need not wait for
+
+            reporter = connect_trial(hydra_cfg)
         return train(cfg, run_dir, reporter)
     except (UserError, Interrupted, Diverged) as error:
         if sweeping:

@@ -27,6 +27,8 @@ from cnnsweep.trial import connect_trial
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # submitit jobs and a PostgreSQL server
+
 PASSWORD = "pw-Zq7-not-for-files"  # distinctive: any file or output line holding it leaked it
 STORAGE_VARIABLE = "CNNSWEEP_STORAGE"
 FROM_ENVIRONMENT = f"hydra.sweeper.storage=${{oc.env:{STORAGE_VARIABLE}}}"  # README's way: Hydra records only this

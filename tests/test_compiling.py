@@ -105,6 +105,7 @@ def compiled_run(tiny_mnist, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_compiled_run_checkpoints_plain_weights_that_evaluate_to_its_numbers(compiled_run):
     said = summary(compiled_run)
     assert said["compile"] == {"compiled": True, "reason": "trainer.compile=true"}
@@ -117,6 +118,7 @@ def test_a_compiled_run_checkpoints_plain_weights_that_evaluate_to_its_numbers(c
     assert evaluation["test_acc"] == pytest.approx(said["final_test_acc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnist, tmp_path, compiled_run):
     run_dir = tmp_path / "run"
     process = train_py(*tiny_overrides(tiny_mnist, *COMPILED), f"hydra.run.dir={run_dir}", wait=False)
@@ -132,6 +134,7 @@ def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnis
     assert summary(run_dir)["compile"]["compiled"] is True
 
 
+@pytest.mark.slow
 def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path):
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3", "trainer.compile=true")

@@ -20,6 +20,8 @@ from postgres import free_port
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # a served sweep in a real headless browser
+
 STUDY = "dash"
 STORAGE = f"sqlite:///multirun/{STUDY}/optuna.db"  # as README says, from the folder the sweep ran in
 # Headless as root on a machine without a display, a GPU or a network.

@@ -26,6 +26,8 @@ from cnnsweep.study import open_storage, requeue_lost_trials
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
+
 HEARTBEAT_S = 1  # hydra.sweeper.heartbeat_interval of the heartbeat and chaos tests
 GRACE_S = 3  # hydra.sweeper.grace_period: a trial is stale once (db now - heartbeat).seconds > GRACE_S
 SHORT_HEARTBEATS = (f"hydra.sweeper.heartbeat_interval={HEARTBEAT_S}", f"hydra.sweeper.grace_period={GRACE_S}")

@@ -67,6 +67,7 @@ def start_run(tiny_mnist: Path, run_dir: Path, runner: Path | None = None) -> su
     return train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False, runner=runner)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tiny_mnist, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = start_run(tiny_mnist, run_dir)
@@ -114,6 +115,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_kill_in_the_middle_of_writing_a_checkpoint_loses_nothing(tiny_mnist, tmp_path, uninterrupted):
     runner = tmp_path / "slow_checkpoint.py"
     runner.write_text(SLOW_CHECKPOINT)
@@ -138,6 +140,7 @@ def test_a_kill_in_the_middle_of_writing_a_checkpoint_loses_nothing(tiny_mnist, 
     assert not list(run_dir.rglob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signal_number", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     tiny_mnist, tmp_path, uninterrupted, signal_number, exit_code
@@ -275,6 +278,7 @@ def test_missing_or_corrupt_mnist_is_named_in_one_line(tiny_mnist, tmp_path, dam
     assert len(lines) == 1 and expected in lines[0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [

@@ -85,6 +85,7 @@ def test_report_of_a_grid_sweep_lists_every_run_best_first_with_plots(grid_sweep
         assert_png(grid_sweep / str(number) / "learning_curves.png")
 
 
+@pytest.mark.slow
 def test_report_of_an_optuna_sweep_counts_trials_and_draws_optunas_plots(optuna_sweep):
     result = module("report", optuna_sweep, "--format", "json")
     assert result.returncode == 0, result.stderr

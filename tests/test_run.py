@@ -114,6 +114,7 @@ def test_over_budget_is_refused_in_one_line_before_reading_data(tmp_path):
     assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
     # 2 epochs on 10,000 images (157 steps): 92.8-96.2% on 1,000 test images over seeds 0-2.
     # One epoch on 5,000 images (40 steps) gave only 86.9%: too few steps for stable BatchNorm statistics.
@@ -122,6 +123,7 @@ def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
     assert test_acc > 0.90
 
 
+@pytest.mark.slow
 def test_two_epochs_on_real_fashion_mnist_learn(real_fashion_mnist, tmp_path):
     # The seed network with Fashion-MNIST's own defaults (crops and flips), 2 epochs on 10,000 images:
     # 71.9-75.4% on 1,000 test images over seeds 0-2 (chance: 10%).
@@ -191,6 +193,7 @@ def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist
     ]
 
 
+@pytest.mark.slow
 def test_the_best_recipe_runs_and_learns_on_real_mnist(real_mnist, tmp_path):
     # affine augmentation, label smoothing, weight average, one-cycle schedule and the compact network
     # together; 2 short epochs (78 steps) on 5,000 images: 82.5% seen, chance is 10%

@@ -32,6 +32,7 @@ def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     assert runs_table(report["rows"]).splitlines()[1].endswith(f"{kept[0]['precision']['precision']}  {row['machine']}")
 
 
+@pytest.mark.slow
 def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
     overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1",
                  "hparams_search=lr_gamma_dropout", "data.val_size=100", "hydra.sweeper.n_trials=2",

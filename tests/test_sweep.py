@@ -132,6 +132,7 @@ def test_over_budget_trials_are_pruned_fast_and_never_best(tiny_mnist, tmp_path)
     assert best["best_trial"] == int(rows["16"]["number"])
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # ThresholdPruner(lower=1.1) prunes any accuracy after the first epoch: a forced prune.
@@ -167,6 +168,7 @@ def test_a_diverging_trial_fails_without_stopping_the_sweep(tiny_mnist, tmp_path
     assert {row["state"] for row in rows if row["optimizer.lr"] == "0.02"} == {"COMPLETE"}
 
 
+@pytest.mark.slow
 def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "optimizer.lr=1e9", "hydra.sweeper.n_trials=4"))
@@ -177,6 +179,7 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_p
     assert set(states) == {"FAIL"} and 2 <= len(states) < 4  # a trial already in flight may still finish
 
 
+@pytest.mark.slow
 def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     first = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2"))
@@ -193,6 +196,7 @@ def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
     assert done.returncode == 0 and len(load_study(sweep_dir).trials) == 3  # nothing left to do
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=40")
@@ -221,6 +225,7 @@ def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_pa
         assert any(t.params == lost.params for t in complete)  # the lost trial's parameters, tried again
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=5")
@@ -236,6 +241,7 @@ def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path)
     assert len(read_trials(sweep_dir)) == 5
 
 
+@pytest.mark.slow
 def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "grid"
     result = train_py(*sweep_overrides(tiny_mnist, sweep_dir, "model.dropout=0.0,0.1"))
@@ -261,6 +267,7 @@ def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_a
     assert after["state"] == "FAIL" and after["reason"].startswith("no summary.json")
 
 
+@pytest.mark.slow
 def test_a_loss_objective_is_minimised_and_its_lowest_trial_is_best(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "objective=val_loss", "hydra.sweeper.n_trials=3"))
@@ -295,6 +302,7 @@ def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(
     assert not (sweep_dir / "optuna.db").exists() and not list(sweep_dir.glob("*/summary.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["nsgaii", "motpe"])
 def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(tiny_mnist, tmp_path, sampler):
     sweep_dir = tmp_path / "sweep"
@@ -345,6 +353,7 @@ def test_cmaes_is_refused_for_several_objectives_in_one_line(tiny_mnist, tmp_pat
     assert not (sweep_dir / "optuna.db").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "grid"])
 def test_a_tiny_sweep_runs_with_each_sampler(tiny_mnist, tmp_path, sampler):
     sweep_dir = tmp_path / "sweep"
@@ -393,6 +402,7 @@ def test_over_budget_draws_use_up_no_trial(tiny_mnist, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_a_space_almost_all_over_budget_stops_in_one_line(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = sweep_overrides(

@@ -118,50 +118,81 @@ def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
     assert f"gave this front of {len(front)} of its {len(rows)} trials" in " ".join(table.split())
 
 
+BENCH = REPO / "results" / "bench"
+MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs README's speed figures come from
+
+
+def stored(machine: str, name: str) -> dict:
+    return json.loads((BENCH / machine / name).read_text())
+
+
+def readme_text() -> str:
+    return " ".join((REPO / "README.md").read_text().split())
+
+
+def test_every_stored_figure_names_its_machine():
+    from cnnsweep.machine import machine_label
+
+    for path in sorted(BENCH.glob("*/*.json")):
+        report = json.loads(path.read_text())
+        assert path.parent.name in MACHINES, path
+        facts = report["machine"]
+        assert {"cpu", "cpu_cores", "cpu_capability", "cpu_native_bf16", "gpu"} <= set(facts), path
+        assert {row["machine"] for row in report["rows"]} == {machine_label(facts)}, path
+    amd, intel = stored("epyc_avx2", "cpu.json")["machine"], stored("xeon_amx", "cpu.json")["machine"]
+    assert (amd["cpu_capability"], amd["cpu_native_bf16"]) == ("AVX2", False)
+    assert intel["cpu_bf16_instructions"] == "AMX"
+
+
 def test_readmes_bench_table_is_the_stored_measurement():
     from cnnsweep.bench import format_table
 
-    report = json.loads((REPO / "results" / "bench" / "cpu.json").read_text())
+    reports = [stored(machine, "cpu.json") for machine in MACHINES]
     text = (REPO / "README.md").read_text()
-    assert format_table(report["rows"]) in text
-    assert report["command"] in text.replace(" \\\n    ", " ")  # the command, as README shows it
-    cold = next(row for row in report["rows"] if row["variant"] == "cnnsweep")
-    assert report["compile_cache"] == "cold" and cold["compiled"]
-    assert f"compiling costs {cold['warmup_s']:.1f} s with an empty cache" in " ".join(text.split())
-    warm = json.loads((REPO / "results" / "bench" / "cpu_warm.json").read_text())
-    assert warm["command"] == report["command"].replace(" --compile-cache cold", "")
-    default = next(row for row in warm["rows"] if row["variant"] == "cnnsweep")
-    said = (
-        f"it is {default['warmup_s']:.1f} s, and the default path trains at {default['train_vs_classic']:.2f}x classic"
-    )
-    assert said in " ".join(text.split())
-
-
-BENCH = REPO / "results" / "bench"
-
-
-def stored(name: str) -> dict:
-    return json.loads((BENCH / name).read_text())
+    assert format_table([row for report in reports for row in report["rows"]]) in text
+    for machine, report in zip(MACHINES, reports, strict=True):
+        assert report["command"] in text.replace(" \\\n    ", " ")  # the command, as README shows it
+        cold = next(row for row in report["rows"] if row["variant"] == "cnnsweep")
+        assert report["compile_cache"] == "cold" and cold["compiled"]
+        warm = stored(machine, "cpu_warm.json")
+        assert warm["command"] == report["command"].replace(" --compile-cache cold", "")
+        default = next(row for row in warm["rows"] if row["variant"] == "cnnsweep")
+        said = f"{cold['warmup_s']:.1f} s with an empty cache and {default['warmup_s']:.1f} s with a warm one"
+        assert said in readme_text(), machine
 
 
 def test_readmes_time_to_99_4_tables_are_the_stored_measurements():
     from cnnsweep.runbench import runs_table
 
-    text = " ".join((REPO / "README.md").read_text().split())
-    for name in ("runs_warm.json", "runs_cold.json"):
-        report = stored(name)
-        assert " ".join(runs_table(report["rows"]).split()) in text, name
-        assert report["command"] in text, name
-    minute = next(row for row in stored("runs_warm.json")["rows"] if row["recipe"] == "minute")
-    assert minute["test_acc_mean"] >= 99.40 and minute["wall_s_max"] <= 60  # what the recipe promises
+    text = readme_text()
+    for kind in ("runs_warm", "runs_cold"):
+        reports = [
+            json.loads(path.read_text())
+            for machine in MACHINES
+            for path in sorted((BENCH / machine).glob(f"{kind}*.json"))
+        ]
+        assert " ".join(runs_table([row for report in reports for row in report["rows"]]).split()) in text, kind
+        for report in reports:
+            assert report["command"] in text, kind
+    minute = next(row for row in stored("xeon_amx", "runs_warm.json")["rows"] if row["recipe"] == "minute")
+    assert minute["test_acc_mean"] >= 99.40 and minute["wall_s_max"] <= 60  # what README says of it there
     kept = [json.loads((RESULTS / "minute" / f"seed{run['seed']}.summary.json").read_text()) for run in minute["runs"]]
     assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in minute["runs"]]
+    for name, folder in (("runs_warm.json", "minute"), ("runs_warm_3epochs.json", "minute_3epochs")):
+        (row,) = stored("epyc_avx2", name)["rows"]
+        kept = [
+            json.loads((BENCH / "epyc_avx2" / folder / f"seed{run['seed']}.summary.json").read_text())
+            for run in row["runs"]
+        ]
+        assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in row["runs"]]
+        assert {summary["precision"]["precision"] for summary in kept} == {"fp32"}  # auto, on AVX2
+        assert [summary["epochs_run"] for summary in kept] == [5 if folder == "minute" else 3] * 3
 
 
 def test_readmes_sweep_throughput_is_the_stored_measurement():
     from cnnsweep.runbench import sweep_table
 
-    report = stored("sweep.json")
+    report = stored("xeon_amx", "sweep.json")
     text = " ".join((REPO / "README.md").read_text().split())
     assert " ".join(sweep_table(report["rows"]).split()) in text
     assert report["command"] in text

@@ -24,11 +24,17 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # torch's own setting for the folder; hon
 COMPILE_CACHE = Path.home() / ".cache" / "cnnsweep" / "torch_compile"
 COMPILED_NOTES = "cnnsweep_graphs"  # subfolder: one empty file per graph key compiled before
 
-# `auto` compiles a run whose planned training steps reach these numbers. Measured on our 2-core
-# CPU (results/bench/cpu.json and cpu_warm.json): a step of the seed network at batch 128 takes
-# 48 ms eagerly and 35 ms compiled (the pool_first network in bf16: 29 and 15 ms), so a step saves
-# about 13 ms; the compiler's warm-up costs 25 s with an empty cache and 3 s with a warm one.
-# Compiling pays after ~1,800 steps cold and ~250 warm; the thresholds leave a margin.
+# `auto` compiles a run whose planned training steps reach these numbers. They rest on two 2-core
+# CPUs, the seed network at batch 128 (results/bench/<machine>/cpu.json and cpu_warm.json):
+# - Intel Xeon with AMX, fp32: a step takes 48 ms eagerly and 35 ms compiled, 13 ms saved; the warm-up
+#   costs 24.5 s more than eager's with an empty cache and 3.2 s with a warm one: compiling pays
+#   after ~1,900 steps cold and ~250 warm.
+# - AMD EPYC with AVX2 only, fp32: 90 against 81 ms, 9 ms saved; warm-up 46.5 s cold, 7.8 s warm: it
+#   pays after ~5,200 steps cold and ~870 warm.
+# The cold threshold stays at 2,000 on both: between 2,000 and 5,200 steps the AMD's first compile
+# costs up to 29 s once, and it fills the cache, from which every later run of the same graphs (a
+# seed, a resumed run, a sweep's next trial) starts warm. The warm one leaves a margin on the Intel
+# and costs the AMD at most 3.3 s (a 500-step run).
 MIN_STEPS_COLD = 2000
 MIN_STEPS_WARM = 500
 COMPILING_DEVICES = ("cpu", "cuda")  # torch.compile on mps is a prototype: auto stays eager there

@@ -18,9 +18,9 @@ import torch
 
 # bf16 autocast against fp32 training, measured side by side by `python -m cnnsweep.bench` on two
 # 2-core CPUs (results/bench/<machine>/cpu.json): with AMX (Intel Xeon) bf16 trained the seed network
-# 1.16x faster (4,264 against 3,686 img/s, compiled); without native bf16 (AMD EPYC, AVX2), where
-# oneDNN emulates it, 0.21x (275 against 1,314 img/s): almost five times slower.
-EMULATED_BF16_COST = "trained 4.8x slower than fp32 on an AVX2 AMD EPYC (results/bench/epyc_avx2/cpu.json)"
+# 1.16x faster (4,264 against 3,686 img/s, compiled) and evaluated 1.74x faster; without native bf16
+# (AMD EPYC, AVX2), where it is emulated, 0.18x (299 against 1,619 img/s): 5.4 times slower.
+EMULATED_BF16_COST = "trained 5.4x slower than fp32 on an AVX2 AMD EPYC (results/bench/epyc_avx2/cpu.json)"
 CUDA_BF16_CAPABILITY = (8, 0)  # Ampere and later do bf16 arithmetic natively; older GPUs emulate it
 
 

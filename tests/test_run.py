@@ -116,7 +116,8 @@ def test_over_budget_is_refused_in_one_line_before_reading_data(tmp_path):
 
 @pytest.mark.slow
 def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
-    # 2 epochs on 10,000 images (157 steps): 92.8-96.2% on 1,000 test images over seeds 0-2.
+    # 2 epochs on 10,000 images (157 steps), on 1,000 test images: 92.8-96.2% over seeds 0-2 on the Intel
+    # (AMX, fp32); 95.5-96.7% over seeds 0-4 on the AMD (AVX2, fp32, one thread); 94.8% in bf16 (seed 0).
     # One epoch on 5,000 images (40 steps) gave only 86.9%: too few steps for stable BatchNorm statistics.
     overrides = tiny_overrides(real_mnist, "data.train_limit=10000", "data.test_limit=1000", "trainer.epochs=2")
     test_acc = train(compose_train(overrides), tmp_path)
@@ -125,14 +126,18 @@ def test_two_epochs_on_real_mnist_learn(real_mnist, tmp_path):
 
 @pytest.mark.slow
 def test_two_epochs_on_real_fashion_mnist_learn(real_fashion_mnist, tmp_path):
-    # The seed network with Fashion-MNIST's own defaults (crops and flips), 2 epochs on 10,000 images:
-    # 71.9-75.4% on 1,000 test images over seeds 0-2 (chance: 10%).
+    # The seed network with Fashion-MNIST's own defaults (crops and flips), 2 epochs on 10,000 images,
+    # the learning rate annealed to 0 (scheduler=cosine): 66.3-75.0% on 1,000 test images over seeds 0-4
+    # on the AMD (AVX2, fp32; chance: 10%). Without annealing (the default StepLR steps after 9 epochs) a
+    # 2-epoch run ends wherever its last steps threw it: 47.2-76.3% over the same seeds, 71.9-75.4% on the
+    # Intel over seeds 0-2, so that single-seed threshold of 65% held on one CPU only.
     overrides = tiny_overrides(
-        real_fashion_mnist, "data=fashion_mnist", "data.train_limit=10000", "data.test_limit=1000", "trainer.epochs=2"
-    )
+        real_fashion_mnist, "data=fashion_mnist", "data.train_limit=10000", "data.test_limit=1000",
+        "trainer.epochs=2", "scheduler=cosine",
+    )  # fmt: skip
     cfg = compose_train(overrides)
     assert cfg.augmentation._target_ == "cnnsweep.augment.RandomCropFlip"
-    assert cfg.data.dataset == "FashionMNIST" and train(cfg, tmp_path) > 0.65
+    assert cfg.data.dataset == "FashionMNIST" and train(cfg, tmp_path) > 0.55
 
 
 @pytest.mark.parametrize(
@@ -196,7 +201,8 @@ def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist
 @pytest.mark.slow
 def test_the_best_recipe_runs_and_learns_on_real_mnist(real_mnist, tmp_path):
     # affine augmentation, label smoothing, weight average, one-cycle schedule and the compact network
-    # together; 2 short epochs (78 steps) on 5,000 images: 82.5% seen, chance is 10%
+    # together; 2 short epochs (78 steps) on 5,000 images: 82.5% seen on the Intel, 81.5-92.5% over
+    # seeds 0-4 on the AMD (AVX2, fp32); chance is 10%
     overrides = ("experiment=best", "trainer.epochs=2", "data.train_limit=5000", "data.test_limit=1000")
     value = train(compose_train(tiny_overrides(real_mnist, *overrides)), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

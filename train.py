@@ -14,13 +14,15 @@ from omegaconf import DictConfig
 
 from cnnsweep.cli import precheck, resumed_run
 from cnnsweep.errors import UserError
-from cnnsweep.loop import Diverged
-from cnnsweep.run import train
 from cnnsweep.signals import Interrupted
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    # torch is imported here, after the precheck: a bad override is refused without waiting for it (3 s)
+    from cnnsweep.loop import Diverged
+    from cnnsweep.run import train
+
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)

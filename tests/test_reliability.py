@@ -175,6 +175,7 @@ def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path):
     assert not (run_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_a_checkpoint_of_another_architecture_is_refused(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
@@ -188,6 +189,7 @@ def test_resuming_with_a_checkpoint_of_another_architecture_is_refused(uninterru
     assert "size mismatch" in lines[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_overrides_and_sweeps(uninterrupted):
     result = train_py(f"resume={uninterrupted}", "optimizer.lr=0.5")
     assert result.returncode == 2 and "drop the other overrides ['optimizer.lr=0.5']" in result.stdout + result.stderr

@@ -108,6 +108,7 @@ def test_csv_format_is_one_row_per_run(grid_sweep):
     assert {float(row["value"]) for row in rows} == {summary(row["run"])["objective_value"] for row in rows}
 
 
+@pytest.mark.slow
 def test_report_refuses_an_empty_folder_and_a_run_without_an_epoch(tmp_path):
     empty = module("report", tmp_path)
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1

@@ -370,6 +370,7 @@ def test_a_tiny_sweep_runs_with_each_sampler(tiny_mnist, tmp_path, sampler):
         assert {row["model.dropout"] for row in rows} <= {"0.0", "0.1", "0.2"}
 
 
+@pytest.mark.slow
 def test_a_failure_every_trial_shares_stops_the_sweep_after_one_trial(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "data.val_size=600", "hydra.sweeper.n_trials=4"))
@@ -381,6 +382,7 @@ def test_a_failure_every_trial_shares_stops_the_sweep_after_one_trial(tiny_mnist
     assert "data.val_size=600" in rows[0]["reason"]
 
 
+@pytest.mark.slow
 def test_over_budget_draws_use_up_no_trial(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = sweep_overrides(
@@ -417,6 +419,7 @@ def test_a_space_almost_all_over_budget_stops_in_one_line(tiny_mnist, tmp_path):
     assert not [path for path in sweep_dir.iterdir() if path.name.isdigit()]  # no job ever started
 
 
+@pytest.mark.slow
 def test_the_fashion_search_runs_on_another_data_set_with_another_sampler_and_objective(tiny_cifar10, tmp_path):
     # hparams_search=fashion names Fashion-MNIST; data=cifar10 on the command line wins, and every
     # network of the search is built for CIFAR-10's 3x32x32 images.

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from cnnsweep.schema import CONF_DIR, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Test files run two at a time on our 2-core machines (pyproject.toml): a test that trains in its own
+# process uses one core, as a sweep's trials do (README, Parallel), instead of both workers contending
+# for both. Subprocesses (train.py, sweeps) keep their own settings.
+torch.set_num_threads(1)
 CONF = CONF_DIR
 REAL_MNIST_CANDIDATES = [os.environ.get("MNIST_ROOT"), str(REPO.parent / "shared" / "data")]
 

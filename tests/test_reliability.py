@@ -315,7 +315,8 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
     assert {(row["number"], row["state"]) for row in rows} == {(str(t.number), t.state.name) for t in stopped}
     assert len([t for t in stopped if t.state.name == "WAITING"]) == len(interrupted)  # queued to run again
 
-    resumed = train_py(*args, "trainer.epochs=2")  # the same study, continued
+    # the same study, continued; its trials one at a time in this process (no worker processes to start)
+    resumed = train_py(*args, "trainer.epochs=2", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = optuna.load_study(study_name="test", storage=storage).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]

@@ -114,6 +114,9 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_mnist, tmp_path, m
         return [line.split(",")[:-2] for line in lines]  # seconds and images_per_s come last
 
     assert without_timing(again) == without_timing(whole)
+    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=3", *recipe)), tmp_path / "stopped", resume=True)
+    twice = run_summary(tmp_path / "stopped")
+    assert twice["precision"] == resumed and twice["compile"]["reason"].count("as before the resume") == 1
 
 
 def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_mnist, tmp_path):

@@ -158,7 +158,7 @@ def _fit(
     setting = trainer.compile if began is None else began["compiled"]  # resumed: trains as it began
     epochs_left = trainer.epochs - len(history)
     forward, compiling = trainer.compiled(model, splits.train, data.batch_size, epochs_left, setting)
-    reason = compiling.reason if began is None else f"as before the resume: {began['reason']}"
+    reason = compiling.reason if began is None else as_before(began["reason"])
     summary["compile"] = {"compiled": compiling.compile, "reason": reason}
     log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
 
@@ -211,9 +211,16 @@ def pin_precision(trainer: Trainer, summary: dict[str, Any]) -> dict[str, str]:
         chosen = {"precision": trainer.precision, "reason": trainer.precision_choice.reason}
     else:
         trainer.precision = began["precision"]
-        chosen = {"precision": began["precision"], "reason": f"as before the resume: {began['reason']}"}
+        chosen = {"precision": began["precision"], "reason": as_before(began["reason"])}
     summary["precision"] = chosen
     return chosen
+
+
+def as_before(reason: str) -> str:
+    """A resumed run's reason for a choice it keeps from its first invocation (said once, however
+    often the run was resumed)."""
+    said = "as before the resume: "
+    return reason if reason.startswith(said) else said + reason
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

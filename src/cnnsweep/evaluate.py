@@ -22,7 +22,7 @@ import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by s
 from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError, make
-from cnnsweep.loop import autocast, predict, resolve_device
+from cnnsweep.loop import autocast, device_defaults, predict, resolve_device
 
 EVALUATION_DIR = "evaluation"
 
@@ -84,7 +84,7 @@ def evaluate_checkpoint(
     data = make(config["data"])
     run_device = resolve_device(device)
     test = data.load(run_device).test
-    model.to(run_device)
+    model.to(run_device, memory_format=eval_layout(config, run_device))
     precision = trained_precision(checkpoint, run_device)
     with autocast(run_device, precision):
         log_probs = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
@@ -109,6 +109,15 @@ def evaluate_checkpoint(
     )
     results["files"] = [str(out / name) for name in ("evaluation.json", "confusion_matrix.png", "misclassified.png")]
     return results
+
+
+def eval_layout(config: dict[str, Any], device: torch.device) -> torch.memory_format:
+    """The memory layout the run evaluated in (trainer.eval_channels_last, null: the device's default):
+    in bf16 another layout may round differently and flip a borderline prediction."""
+    channels_last = (config.get("trainer") or {}).get("eval_channels_last")
+    if channels_last is None:
+        channels_last = device_defaults(device)["eval_channels_last"]
+    return torch.channels_last if channels_last else torch.preserve_format
 
 
 def trained_precision(checkpoint: dict[str, Any], device: torch.device) -> str:

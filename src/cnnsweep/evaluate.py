@@ -22,7 +22,7 @@ import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by s
 from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError, make
-from cnnsweep.loop import autocast, device_defaults, predict, resolve_device
+from cnnsweep.loop import autocast, layout_setting, predict, resolve_device
 
 EVALUATION_DIR = "evaluation"
 
@@ -114,9 +114,8 @@ def evaluate_checkpoint(
 def eval_layout(config: dict[str, Any], device: torch.device) -> torch.memory_format:
     """The memory layout the run evaluated in (trainer.eval_channels_last, null: the device's default):
     in bf16 another layout may round differently and flip a borderline prediction."""
-    channels_last = (config.get("trainer") or {}).get("eval_channels_last")
-    if channels_last is None:
-        channels_last = device_defaults(device)["eval_channels_last"]
+    setting = (config.get("trainer") or {}).get("eval_channels_last")
+    channels_last = layout_setting("eval_channels_last", setting, device)
     return torch.channels_last if channels_last else torch.preserve_format
 
 

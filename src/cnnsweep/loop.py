@@ -193,6 +193,11 @@ def device_defaults(device: torch.device) -> dict[str, Any]:
     return {"channels_last": False, "eval_channels_last": True}
 
 
+def layout_setting(name: str, value: bool | None, device: torch.device) -> bool:
+    """A memory-layout setting (channels_last, eval_channels_last) as given, or its device default for null."""
+    return device_defaults(device)[name] if value is None else value
+
+
 class Trainer:
     """Runs `epochs` epochs on `device` ('auto': cuda, then mps, then cpu), as fast as configured.
 
@@ -235,12 +240,11 @@ class Trainer:
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise UserError("trainer.precision=fp16 needs a CUDA device; use bf16 or fp32")
-        defaults = device_defaults(self.device)
         self.precision_choice: PrecisionChoice = choose_precision(precision, self.device)
         self.precision = self.precision_choice.precision
         self.progress = progress
-        self.channels_last = defaults["channels_last"] if channels_last is None else channels_last
-        self.eval_channels_last = defaults["eval_channels_last"] if eval_channels_last is None else eval_channels_last
+        self.channels_last = layout_setting("channels_last", channels_last, self.device)
+        self.eval_channels_last = layout_setting("eval_channels_last", eval_channels_last, self.device)
         self.compile = compile
         self.threads = threads
         self.label_smoothing = label_smoothing

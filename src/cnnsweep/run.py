@@ -151,7 +151,7 @@ def _fit(
         history = restore(folder, parts, scheduler, generator, summary, clock)
     first_epoch = len(history) + 1  # of this invocation
     precision = pin_precision(trainer, summary)
-    if trainer.precision_choice.warning is not None and precision["precision"] == "bf16":
+    if trainer.precision_choice.warning is not None:
         log.warning(trainer.precision_choice.warning)
     log.info(f"precision: {precision['precision']} ({precision['reason']})")
     began = summary.get("compile")  # a resumed run's choice, from its checkpoint

@@ -90,7 +90,6 @@ def time_runs(
         "test_acc_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
         "wall_s_mean": statistics.mean(run["wall_s"] for run in runs),
         "wall_s_max": max(run["wall_s"] for run in runs),
-        "machine": machine_label(machine_facts()),
     }
 
 
@@ -111,7 +110,6 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
         "trials_pruned": sum(trial["state"] == "PRUNED" for trial in finished),
         "trials_per_hour": 3600 * len(finished) / wall_s,  # completed and pruned: every trial the sweep ran
         "epochs_per_hour": 3600 * epochs / wall_s,  # the fair measure when pruning stops trials early
-        "machine": machine_label(machine_facts()),
     }
 
 
@@ -182,15 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time_runs(name, [*args.overrides, *extra], seeds, args.compile_cache, scratch, args.keep)
                 for name, extra in named(args.recipe, parser, "--recipe")
             ]
-            table = runs_table(rows)
+            table = runs_table
         else:
             variants = named(args.variant, parser, "--variant")
             rows = [time_sweep(name, args.overrides, extra, scratch) for name, extra in variants]
-            table = sweep_table(rows)
+            table = sweep_table
+    machine = machine_facts()  # the runs' machine: this one (their own processes, started here)
+    for row in rows:
+        row["machine"] = machine_label(machine)
     if args.json:
-        print(json.dumps({"command": command, "machine": machine_facts(), "rows": rows}, indent=2))
+        print(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2))
     else:
-        print(table)
+        print(table(rows))
     return 0
 
 

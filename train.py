@@ -4,6 +4,7 @@ Returns the run's objective so Hydra's sweepers can optimise it.
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnnsweep.cli import precheck, resumed_run
+from cnnsweep.cli import check_config, precheck, resumed_run
 from cnnsweep.errors import UserError
+from cnnsweep.schema import ConfigOptions
 from cnnsweep.signals import Interrupted
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+# Your own model classes (`_target_: mynet.MyNet`) are found in the folder you run from, as they would
+# be beside a script of your own; appended, so that a file there never hides an installed package.
+sys.path.append(os.getcwd())
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -26,18 +33,20 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    options = ConfigOptions.of_running_app(hydra_cfg.job.config_name)  # models to offer in a budget refusal
     try:
         if cfg.resume is not None:
             if sweeping:
                 raise UserError("resume=PATH continues one run; it cannot be swept (drop --multirun)")
-            return train(resumed_run(cfg.resume, hydra_cfg.overrides.task), run_dir, resume=True)
+            return train(resumed_run(cfg.resume, hydra_cfg.overrides.task), run_dir, resume=True, options=options)
+        check_config(cfg)  # unset (???) or unresolvable values, in one line (a sweep's job, a --config-dir run)
         # In a cnnsweep Optuna sweep the job reports to its trial each epoch, so it can be pruned.
         reporter = None
         if sweeping:
             from cnnsweep.trial import connect_trial  # imports optuna: 2.5 s a plain run need not wait for
 
             reporter = connect_trial(hydra_cfg)
-        return train(cfg, run_dir, reporter)
+        return train(cfg, run_dir, reporter, options=options)
     except (UserError, Interrupted, Diverged) as error:
         if sweeping:
             raise  # the sweeper records the trial as failed (or interrupted) with this message
@@ -53,5 +62,5 @@ def exit_code(error: Exception) -> int:
 
 
 if __name__ == "__main__":
-    precheck(sys.argv[1:])  # bad overrides and unwritable folders: one line, before Hydra makes anything
+    precheck(sys.argv[1:], CONF_DIR)  # bad overrides and unwritable folders: one line, before Hydra makes anything
     main()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cnnsweep.schema import CONF_DIR, compose_config
 
@@ -154,6 +154,30 @@ def real_mnist() -> Path:
 def real_fashion_mnist() -> Path:
     """The folder holding the real FashionMNIST/raw files; the test is skipped where there is none."""
     return real_data("FashionMNIST", "Fashion-MNIST")
+
+
+class PlainNet(torch.nn.Module):
+    """A user's own model, as README's model contract asks: any nn.Module that returns logits."""
+
+    def __init__(self, width: int = 8, dropout: float = 0.1, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+            torch.nn.AdaptiveMaxPool2d(4), torch.nn.Flatten(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(16 * width, num_classes),
+        )  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+
+def with_plain_net(cfg: DictConfig, width: int = 8) -> DictConfig:
+    """cfg with its model node replaced by a PlainNet config, as a user's own model/ option would be."""
+    cfg.model = OmegaConf.create(
+        {"_target_": "conftest.PlainNet", "width": width, "in_channels": cfg.data.in_channels,
+         "num_classes": cfg.data.num_classes}
+    )  # fmt: skip
+    return cfg
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from cnnsweep.cli import check_config
 from cnnsweep.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
 from cnnsweep.errors import UserError, make
 
@@ -166,7 +167,7 @@ def test_damaged_cifar10_batches_are_named(tiny_cifar10, tmp_path):
 
 
 def test_image_folder_reads_train_and_test_folders_resized_to_image_size(tiny_image_folder):
-    data = data_option("image_folder", tiny_image_folder, "data.num_classes=3", "data.image_size=20")
+    data = data_option("image_folder", tiny_image_folder, "data.image_size=20")
     splits = data.load(torch.device("cpu"))
     assert splits.train.images.shape == (90, 3, 20, 20) and splits.test.images.shape == (30, 3, 20, 20)
     assert splits.train.labels.bincount().tolist() == [30, 30, 30]  # blue, green, red: sorted folder names
@@ -182,19 +183,31 @@ def test_image_folder_reads_train_and_test_folders_resized_to_image_size(tiny_im
 
 def test_image_folder_without_train_and_test_is_split_by_a_seeded_fraction(tmp_path):
     write_image_folder(tmp_path, 20, ("a", "b"), seed=3)
-    first = data_option("image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25").load(
+    first = data_option("image_folder", tmp_path, "data.test_fraction=0.25").load(torch.device("cpu"))
+    again = data_option("image_folder", tmp_path, "data.test_fraction=0.25").load(torch.device("cpu"))
+    other = data_option("image_folder", tmp_path, "data.test_fraction=0.25", "data.split_seed=1").load(
         torch.device("cpu")
     )
-    again = data_option("image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25").load(
-        torch.device("cpu")
-    )
-    other = data_option(
-        "image_folder", tmp_path, "data.num_classes=2", "data.test_fraction=0.25", "data.split_seed=1"
-    ).load(torch.device("cpu"))
     assert (len(first.train), len(first.test)) == (30, 10)
     assert torch.equal(first.test.images, again.test.images) and not torch.equal(first.test.images, other.test.images)
     train = {tuple(image.flatten().tolist()) for image in first.train.images}
     assert not train & {tuple(image.flatten().tolist()) for image in first.test.images}
+
+
+def test_an_image_folder_says_how_many_classes_it_has_and_the_network_follows(tiny_image_folder, tmp_path):
+    cfg = compose_train(["data=image_folder", f"data.root={tiny_image_folder}"])
+    assert (cfg.data.num_classes, cfg.data.in_channels, cfg.data.image_size) == (3, 3, 32)  # train/'s folders
+    assert make(cfg.model, _convert_="all")(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    write_image_folder(tmp_path / "flat", 2, ("a", "b", "c", "d"), seed=4)  # class folders directly in root
+    flat = compose_train(["data=image_folder", f"data.root={tmp_path / 'flat'}", "data.in_channels=1"])
+    assert flat.model.num_classes == 4 and flat.model.in_channels == 1
+    assert (
+        compose_train(["data=image_folder", f"data.root={tiny_image_folder}", "data.num_classes=5"]).model.num_classes
+        == 5
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no sub-folders; it needs one sub-folder of images per class"):
+        check_config(compose_train(["data=image_folder", f"data.root={tmp_path / 'empty'}"]))
 
 
 def test_image_folder_mistakes_are_one_line_errors(tiny_image_folder, tmp_path):

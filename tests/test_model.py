@@ -1,10 +1,12 @@
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import nn
 
 from cnnsweep.errors import UserError, make
-from cnnsweep.model import ConvNet, Dropout, OverBudget, check_budget, count_parameters
+from cnnsweep.model import ConvNet, Dropout, OverBudget, check_budget, check_outputs, count_parameters
 from cnnsweep.run import models_that_fit
+from cnnsweep.schema import CONF_DIR, ConfigOptions
 
 from conftest import compose_train
 
@@ -38,11 +40,13 @@ def test_seed_cnn_layers_match_the_recipe():
     assert (linear.in_features, linear.out_features) == (120, 10)
 
 
-def test_forward_returns_log_probabilities():
+def test_forward_returns_logits():
     model = ConvNet(SEED_WIDTHS, SEED_LAYOUT).eval()
-    out = model(torch.randn(4, 1, 28, 28))
+    images = torch.randn(4, 1, 28, 28)
+    out = model(images)
     assert out.shape == (4, 10)
-    assert torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)
+    assert torch.equal(out, model.head(model.features(images)))  # the classifier's output, no softmax after it
+    assert not torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-2)  # so not log-probabilities
 
 
 def test_widths_change_the_parameter_count_and_gap_head_works():
@@ -114,11 +118,13 @@ def test_the_seed_network_on_cifar10_is_over_budget_and_the_refusal_names_models
     cfg = compose_train(["data=cifar10", "model=seed_cnn"])
     n_params = count_parameters(make(cfg.model, _convert_="all"))
     assert n_params == 22_750  # its flatten head sees 120 x 2 x 2 on 32x32 input
-    assert models_that_fit(cfg.data, 20_000) == [("compact", 19_526), ("tiny", 7_978)]
-    message = str(OverBudget(n_params, 20_000, models_that_fit(cfg.data, 20_000)))
+    fitting = models_that_fit(cfg.data, 20_000, ConfigOptions.of_folder(CONF_DIR))
+    assert fitting == [("compact", 19_526), ("tiny", 7_978)]
+    message = str(OverBudget(n_params, 20_000, fitting))
     assert message == (
         "model has 22,750 parameters, over the budget of 20,000 (for this data, model=compact (19,526), "
-        "model=tiny (7,978) fit; or shrink model.widths, or raise/disable budget.max_params)"
+        "model=tiny (7,978) fit; or shrink the model (model.widths, for the shipped ones) or raise/disable "
+        "budget.max_params)"
     )
 
 
@@ -128,3 +134,44 @@ def test_a_layout_that_shrinks_the_datas_images_to_nothing_is_refused():
     )
     with pytest.raises(UserError, match=r"shrinks a 8x8 image to nothing at position 6 \('conv_valid'\)"):
         make(cfg.model, _convert_="all")
+
+
+class Wide(nn.Module):
+    """A user's model: flatten, then one linear layer to `classes` outputs, optionally softmaxed."""
+
+    def __init__(self, classes: int, softmax: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(28 * 28), nn.Linear(28 * 28, classes))
+        self.softmax = softmax
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(images)
+        return logits.softmax(1) if self.softmax else logits
+
+
+def test_a_model_that_keeps_the_contract_passes_the_output_check_untouched():
+    model = Wide(10)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_outputs(model, "mynet.Wide", 1, 28, 10)
+    assert model.training  # its mode as it was
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # BatchNorm too
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is not drawn from
+
+
+def test_a_model_whose_outputs_do_not_fit_the_data_is_refused_in_one_line(caplog):
+    with pytest.raises(UserError) as error:
+        check_outputs(Wide(5), "mynet.Wide", 1, 28, 10)
+    assert str(error.value) == (
+        "model mynet.Wide returns shape (2, 5) for a batch of 2 images of 1x28x28; it should return logits "
+        "of shape (2, 10), one per class (data.num_classes=10)"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"model mynet.Wide fails on a batch of 2 images of 3x32x32 \(data.in_channels, "
+        r"data.image_size\): running_mean should contain 3072 elements not 784",
+    ):
+        check_outputs(Wide(10), "mynet.Wide", 3, 32, 10)
+    with caplog.at_level("WARNING"):
+        check_outputs(Wide(10, softmax=True), "mynet.Wide", 1, 28, 10)  # probabilities: trains, but wrongly
+    assert "seems to return probabilities" in caplog.text and "return the values before the softmax" in caplog.text

@@ -203,6 +203,15 @@ REFUSED_WHEN_COMPOSED = [
     (["optimizer.lrr=0.1"], "optimizer.lrr is not a key of optimizer; allowed keys: lr, momentum"),
     (["optimizer.lr=fast"], "optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
     (["trainer.epochs=1.5"], "trainer.epochs: Value '1.5' of type 'float' could not be converted to Integer"),
+    # mandatory values left unset (???), anywhere in the config, and values that cannot be resolved
+    (["data=image_folder"], "data.root is not set (??? in the config): give data.root=VALUE on the command line"),
+    (
+        ["model.widths=???", "optimizer.lr=???"],
+        "model.widths, optimizer.lr are not set (??? in the config): give "
+        "model.widths=VALUE optimizer.lr=VALUE on the command line",
+    ),
+    (["data=image_folder", "data.root=/no/such/folder"], "data.root=/no/such/folder is not a folder"),
+    (["model.num_classes=${data.classes}"], "model.num_classes: Interpolation key 'data.classes' not found"),
 ]
 # refused when the run's objects are built, before any data is read or any step taken
 REFUSED_WHEN_BUILT = [
@@ -240,8 +249,8 @@ def test_bad_values_are_refused_before_any_training(tiny_mnist, tmp_path, overri
 
 @pytest.mark.parametrize(
     ("overrides", "message", "folder_made"),
-    [(*REFUSED_WHEN_COMPOSED[0], False), (*REFUSED_WHEN_COMPOSED[1], False), (*REFUSED_WHEN_BUILT[0], True),
-     (*REFUSED_WHEN_BUILT[3], True)],
+    [(*REFUSED_WHEN_COMPOSED[0], False), (*REFUSED_WHEN_COMPOSED[1], False), (*REFUSED_WHEN_COMPOSED[5], False),
+     (*REFUSED_WHEN_BUILT[0], True), (*REFUSED_WHEN_BUILT[3], True)],
 )  # fmt: skip
 def test_train_py_says_it_in_one_line_and_exits_2(tiny_mnist, tmp_path, overrides, message, folder_made):
     run_dir = tmp_path / "run"
@@ -252,6 +261,22 @@ def test_train_py_says_it_in_one_line_and_exits_2(tiny_mnist, tmp_path, override
     assert len(error_lines) == 1 and message in error_lines[0], output
     assert "Traceback" not in output
     assert run_dir.exists() == folder_made and not (run_dir / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_with_an_unset_value_stops_in_one_line_before_any_trial_trains(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        "--multirun", "data=image_folder", "hparams_search=lr_gamma_dropout", "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: trial 0 cannot start: data.root is not set (??? in the config): give data.root=VALUE on the "
+        f"command line; trials on record in {sweep_dir / 'trials.csv'}"
+    ]
+    assert not list(sweep_dir.glob("*/metrics.csv"))  # no trial trained
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused(tiny_mnist, tmp_path):

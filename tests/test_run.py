@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError
@@ -15,7 +16,7 @@ from cnnsweep.loop import evaluate
 from cnnsweep.objectives import resolve_objective
 from cnnsweep.run import train
 
-from conftest import REPO, compose_train, tiny_overrides
+from conftest import REPO, compose_train, tiny_overrides, with_plain_net
 
 
 def read_metrics(run_dir):
@@ -144,7 +145,7 @@ def test_two_epochs_on_real_fashion_mnist_learn(real_fashion_mnist, tmp_path):
     ("option", "extra", "n_params", "shape"),
     [
         ("cifar10", ["data.check_md5=false"], 19_526, "3x32x32"),
-        ("image_folder", ["data.num_classes=3", "data.image_size=24"], 19_323, "3x24x24"),
+        ("image_folder", ["data.image_size=24"], 19_323, "3x24x24"),  # 3 classes: counted from its folders
     ],
 )
 def test_train_py_runs_on_generated_cifar10_and_an_image_folder(
@@ -156,7 +157,10 @@ def test_train_py_runs_on_generated_cifar10_and_an_image_folder(
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["n_params"] == n_params
-    assert f"model: {n_params:,} parameters" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert f"model: {n_params:,} parameters" in log
+    if option == "image_folder":
+        assert "90 train, 0 val, 30 test images (3x24x24, 3 classes: blue, green, red)" in log
     assert len(read_metrics(run_dir)) == 1
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert checkpoint["config"]["model"]["in_channels"] == int(shape[0])
@@ -175,23 +179,30 @@ def test_the_seed_network_on_cifar10_is_refused_in_one_line_naming_models_that_f
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "over_budget"
 
 
-def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("own_model", [False, True], ids=["convnet", "own_model"])
+def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist, tmp_path, own_model):
+    """Also for a model class of the user's own (README, Bring your own model)."""
     from cnnsweep.evaluate import evaluate_checkpoint
 
     recipe = ("data.val_size=88", "trainer.ema_decay=0.9", "trainer.label_smoothing=0.1")  # 4 batches/epoch
+
+    def config(epochs: int) -> DictConfig:
+        cfg = compose_train(tiny_overrides(tiny_mnist, f"trainer.epochs={epochs}", *recipe))
+        return with_plain_net(cfg) if own_model else cfg
+
     whole = tmp_path / "whole"
-    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2", *recipe)), whole)
+    train(config(2), whole)
     state = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
     assert int(state["ema"]["n_averaged"]) == 8  # updated after each of the 2 x 4 steps
-    averaged = state["ema"]["module.features.0.weight"]
-    assert not torch.allclose(averaged, state["model"]["features.0.weight"])
+    first_weight = next(key for key in state["model"] if key.endswith("0.weight"))
+    assert not torch.allclose(state["ema"][f"module.{first_weight}"], state["model"][first_weight])
     rows = read_metrics(whole)
     evaluation = evaluate_checkpoint(whole, "last", device="cpu")  # evaluates the average, as training did
     assert evaluation["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-9)
 
     stopped = tmp_path / "stopped"
-    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=1", *recipe)), stopped)
-    train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2", *recipe)), stopped, resume=True)
+    train(config(1), stopped)
+    train(config(2), stopped, resume=True)
     timing = ("seconds", "images_per_s")
     assert [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(stopped)] == [
         {k: v for k, v in row.items() if k not in timing} for row in rows

@@ -157,7 +157,7 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
             inputs, labels = next(batches)
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
-            loss = F.nll_loss(model(inputs), labels)
+            loss = F.cross_entropy(model(inputs), labels)
             loss.backward()
             optimizer.step()
             images += len(labels)

@@ -2,11 +2,14 @@
 
 Hydra reports a bad override (an unknown option, a misspelt key, a value of the wrong type) in
 several lines and only once its run folder exists; `precheck` composes the same config first and
-refuses it in one line, also when the output folder cannot be written, before anything is made.
+refuses it in one line, also when a mandatory value (`???`) is left unset, a value cannot be resolved
+or the output folder cannot be written, before anything is made. `check_config` is the part of that
+which every job repeats on the config Hydra composed for it (sweeps, `--config-dir` runs).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -15,27 +18,47 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from cnnsweep.errors import UserError
-from cnnsweep.schema import TrainSchema, compose_config
+from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config
 
 # Hydra flags after which a plain run's precheck does not apply (sweeps, info, help, completion).
 NOT_A_RUN = ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc")
-NOT_A_RUN_PREFIXES = ("--shell-completion", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+NOT_A_RUN_PREFIXES = ("--shell-completion", "--config-name", "-cn", "--config-path", "-cp")
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")  # a folder of the user's own configs, searched beside conf/
+MISSING = "???"  # OmegaConf's mark of a mandatory value
 
 
-def precheck(argv: Sequence[str]) -> None:
+def precheck(argv: Sequence[str], conf_dir: Path) -> None:
     """Exit with a one-line error (status 2) if `python train.py ...` cannot start: for a plain run, its
-    config and folder; for any, an environment variable that an override reads and that is not set."""
+    config (composed from conf_dir and any --config-dir) and folder; for any, an environment variable
+    that an override reads and that is not set."""
     try:
         check_environment(argv)
         if not any(arg in NOT_A_RUN or arg.startswith(NOT_A_RUN_PREFIXES) for arg in argv):
-            check_run(list(argv))
+            overrides, config_dirs = split_config_dirs(list(argv))
+            check_run(overrides, conf_dir, config_dirs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def split_config_dirs(argv: list[str]) -> tuple[list[str], list[Path]]:
+    """The overrides, and the folders `--config-dir DIR` / `-cd DIR` / `--config-dir=DIR` name."""
+    overrides, folders = [], []
+    arguments = iter(argv)
+    for arg in arguments:
+        flag, equals, value = arg.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            folder = Path(value if equals else next(arguments, "")).absolute()
+            if not folder.is_dir():
+                raise UserError(f"{flag} {folder}: no such folder (it should hold your own config groups, e.g. model/)")
+            folders.append(folder)
+        else:
+            overrides.append(arg)
+    return overrides, folders
 
 
 def check_environment(argv: Sequence[str]) -> None:
@@ -48,16 +71,55 @@ def check_environment(argv: Sequence[str]) -> None:
                 raise UserError(f"{key} reads the environment variable {name.strip()}, which is not set: export it")
 
 
-def check_run(overrides: list[str]) -> None:
-    """UserError if the overrides do not compose or the run's folder cannot be written."""
+def check_run(overrides: list[str], conf_dir: Path = CONF_DIR, config_dirs: Sequence[Path] = ()) -> None:
+    """UserError if the overrides do not compose into a complete config or the run's folder cannot be written."""
+    if config_dirs:  # Hydra searches a --config-dir beside conf/; hydra.searchpath does the same for compose
+        overrides = [*overrides, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in config_dirs) + "]"]
     try:
-        cfg = compose_config(overrides, with_hydra=True)
+        cfg = compose_config(overrides, with_hydra=True, config_dir=conf_dir)
         run_dir = Path(cfg.hydra.run.dir)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(one_line(error)) from error
     if cfg.resume is not None:
         saved_config(Path(cfg.resume))
+        return  # the run continues with its own saved config, checked there
+    check_config(cfg)
     check_writable(run_dir)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """UserError naming every mandatory value (???) the config leaves unset, or the first value that
+    cannot be resolved (an interpolation to a key that does not exist, a folder that is not there).
+    The `hydra` node, if present, is Hydra's own and not checked."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.pop("hydra", None)
+    unset = missing_values(OmegaConf.to_container(job, resolve=False))
+    if unset:
+        are = "is not set" if len(unset) == 1 else "are not set"
+        examples = " ".join(f"{key}=VALUE" for key in unset)
+        raise UserError(f"{', '.join(unset)} {are} (??? in the config): give {examples} on the command line")
+    try:
+        OmegaConf.to_container(job, resolve=True)
+    except OmegaConfBaseException as error:
+        refusal = resolver_refusal(error)
+        raise (refusal or UserError(one_line(error))) from None
+
+
+def resolver_refusal(error: BaseException) -> UserError | None:
+    """The UserError a resolver (cnnsweep.class_count) raised, which OmegaConf wraps in its own errors."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def missing_values(node: object, key: str = "") -> list[str]:
+    """The dotted keys of every `???` in a plain (unresolved) container."""
+    if isinstance(node, dict):
+        return [found for name, value in node.items() for found in missing_values(value, f"{key}{name}.")]
+    if isinstance(node, list):
+        return [found for i, value in enumerate(node) for found in missing_values(value, f"{key}{i}.")]
+    return [key.rstrip(".")] if node == MISSING else []
 
 
 def check_writable(folder: Path) -> None:

@@ -187,6 +187,10 @@ class ImageData:
         mean, std = self._statistics[key]
         return (unit_images - mean) / std
 
+    def describe(self) -> str:
+        """The images' shape and classes, for the run's log."""
+        return f"{self.in_channels}x{self.image_size}x{self.image_size}, {self.num_classes} classes"
+
     def _counts(self) -> tuple[int, int]:
         """Images in the training and test sets, known before they are read (for the memory check)."""
         raise NotImplementedError
@@ -325,6 +329,10 @@ class ImageFolderData(ImageData):
     def _counts(self) -> tuple[int, int]:
         samples = self._split_samples()
         return len(samples[True]), len(samples[False])
+
+    def describe(self) -> str:
+        named = ", ".join(self._classes[:8]) + (", ..." if len(self._classes) > 8 else "") if self._classes else ""
+        return f"{super().describe()}: {named}" if named else super().describe()
 
     def _split_samples(self) -> dict[bool, list[tuple[str, int]]]:
         """(path, class index) of every training and test image, found once."""

@@ -87,10 +87,10 @@ def evaluate_checkpoint(
     model.to(run_device, memory_format=eval_layout(config, run_device))
     precision = trained_precision(checkpoint, run_device)
     with autocast(run_device, precision):
-        log_probs = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
-    log_probs = log_probs.float()
-    predicted = log_probs.argmax(1)
-    results = summarize_predictions(log_probs, test.labels)
+        logits = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
+    logits = logits.float()
+    predicted = logits.argmax(1)
+    results = summarize_predictions(logits, test.labels)
     results |= {
         "checkpoint": str(checkpoint_path),
         "epoch": checkpoint.get("epoch"),
@@ -126,15 +126,15 @@ def trained_precision(checkpoint: dict[str, Any], device: torch.device) -> str:
     return "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
 
-def summarize_predictions(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    predicted = log_probs.argmax(1)
-    n_classes = log_probs.shape[1]
+def summarize_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    predicted = logits.argmax(1)
+    n_classes = logits.shape[1]
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     confusion.index_put_((labels.cpu(), predicted.cpu()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
     per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
     return {
         "n_images": len(labels),
-        "test_loss": torch.nn.functional.nll_loss(log_probs, labels).item(),
+        "test_loss": torch.nn.functional.cross_entropy(logits, labels).item(),
         "test_acc": (predicted == labels).double().mean().item(),
         "per_class_acc": {str(digit): accuracy for digit, accuracy in enumerate(per_class)},
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted class

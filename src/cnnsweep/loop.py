@@ -114,14 +114,6 @@ def _check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
         raise Diverged(epoch=epoch, batch=first + 1, loss=float(batch_losses[first]))
 
 
-def smoothed_nll(log_probs: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Mean cross-entropy of log-probabilities against labels smoothed to (1 - s) * one-hot + s / classes."""
-    nll = F.nll_loss(log_probs, labels)
-    if smoothing == 0.0:
-        return nll
-    return (1.0 - smoothing) * nll - smoothing * log_probs.mean(1).mean()
-
-
 def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """AveragedModel's update: average <- d * average + (1 - d) * current, d = min(decay, (1 + n) / (10 + n))
     after n updates. The warm-up keeps early averages from lingering on the random initial weights
@@ -141,16 +133,16 @@ def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor]
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> torch.Tensor:
-    """Log-probabilities (N x classes) of `model` in eval mode for every image of `split`."""
+    """Logits (N x classes) of `model` in eval mode for every image of `split`."""
     model.eval()
     return torch.cat([model(prepare(batch.images)) for batch in ordered_batches(split, batch_size)])
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
-    """Mean NLL loss and accuracy of `model` on `split`."""
-    log_probs = predict(model, split, batch_size, prepare).float()
-    loss = F.nll_loss(log_probs, split.labels)
-    correct = (log_probs.argmax(1) == split.labels).sum()
+    """Mean cross-entropy loss and accuracy of `model` on `split`."""
+    logits = predict(model, split, batch_size, prepare).float()
+    loss = F.cross_entropy(logits, split.labels)
+    correct = (logits.argmax(1) == split.labels).sum()
     return loss.item(), correct.item() / len(split)
 
 
@@ -305,8 +297,8 @@ class Trainer:
             # it would cost a second compilation for a graph of another shape, once per process.
             call = forward if len(batch.labels) == batch_size else model
             with self.autocast():
-                log_probs = call(prepare(batch.images)).float()
-            loss = smoothed_nll(log_probs, batch.labels, self.label_smoothing)
+                logits = call(prepare(batch.images)).float()
+            loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -314,7 +306,7 @@ class Trainer:
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            correct = (log_probs.detach().argmax(1) == batch.labels).sum()
+            correct = (logits.detach().argmax(1) == batch.labels).sum()
             return loss.detach() * len(batch.labels), correct
 
         return step

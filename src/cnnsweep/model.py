@@ -1,11 +1,14 @@
-"""The convolutional network family and its parameter budget.
+"""The convolutional network family, the contract every model keeps, and the parameter budget.
 
 One class covers the seed network and the variants sweeps explore: the layer layout, the
-convolution widths, dropout and the head are constructor arguments.
+convolution widths, dropout and the head are constructor arguments. Any other `nn.Module` named by
+`_target_` in a model config trains too, if it keeps the contract (`check_outputs`): a float batch
+N x C x H x W in, logits N x classes out (PyTorch's convention: cross-entropy is applied to them).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnsweep.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # layout token -> (kernel size, padding). Every convolution is followed by BatchNorm, ReLU, Dropout.
 CONV_TOKENS = {
@@ -29,7 +34,7 @@ class ConvNet(nn.Module):
     """Conv blocks and 2x2 max pools in the order `layout` gives, then a linear classifier.
 
     `widths` holds the output channels of each convolution in layout order. The forward pass
-    returns log-probabilities (use with NLL loss). With dropout 0 the blocks hold no dropout layer.
+    returns logits (see MODEL_CONTRACT). With dropout 0 the blocks hold no dropout layer.
     """
 
     def __init__(
@@ -74,7 +79,7 @@ class ConvNet(nn.Module):
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head(self.features(images)), dim=1)
+        return self.head(self.features(images))
 
 
 class Dropout(nn.Module):
@@ -148,9 +153,50 @@ def _check_architecture(widths: list[int], layout: list[str], dropout: float, he
         raise UserError(f"model.head={head!r} is unknown; allowed: {', '.join(HEADS)}")
 
 
+def check_outputs(model: nn.Module, target: str, in_channels: int, image_size: int, num_classes: int) -> None:
+    """Refuse, in one line, a model that does not map a batch of the data's images to logits of shape
+    N x num_classes. Runs it once in eval mode on two random images (no weights or statistics change,
+    no draw from the run's random streams); warns when its outputs look like probabilities, which
+    cross-entropy would treat as logits. Log-probabilities are fine: log-softmax leaves them as they are."""
+    images = torch.randn(2, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    shape = f"2 images of {in_channels}x{image_size}x{image_size}"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            outputs = model(images)
+    except Exception as error:  # noqa: BLE001 -- whatever the user's forward raises, said in one line
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"model {target} fails on a batch of {shape} (data.in_channels, data.image_size): {message}"
+        ) from error
+    finally:
+        model.train(was_training)
+    wanted = (2, num_classes)
+    if not isinstance(outputs, torch.Tensor):
+        raise UserError(
+            f"model {target} returns a {type(outputs).__name__} for a batch of {shape}; "
+            f"it should return one tensor of logits of shape {wanted}"
+        )
+    if tuple(outputs.shape) != wanted:
+        raise UserError(
+            f"model {target} returns shape {tuple(outputs.shape)} for a batch of {shape}; it should return "
+            f"logits of shape {wanted}, one per class (data.num_classes={num_classes})"
+        )
+    outputs = outputs.float()
+    if bool((outputs >= 0).all()) and torch.allclose(outputs.sum(1), torch.ones(2), atol=1e-4):
+        log.warning(
+            f"model {target} seems to return probabilities (rows of non-negative values summing to 1); "
+            "cross-entropy treats its outputs as logits: return the values before the softmax"
+        )
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+SMALLER = "shrink the model (model.widths, for the shipped ones) or raise/disable budget.max_params"
 
 
 class OverBudget(UserError):
@@ -170,8 +216,8 @@ class OverBudget(UserError):
         if self.fitting:
             fits = ", ".join(f"model={name} ({n:,})" for name, n in self.fitting)
             verb = "fits" if len(self.fitting) == 1 else "fit"
-            return said + f"(for this data, {fits} {verb}; or shrink model.widths, or raise/disable budget.max_params)"
-        return said + "(shrink model.widths, or raise/disable budget.max_params)"
+            return said + f"(for this data, {fits} {verb}; or {SMALLER})"
+        return said + f"({SMALLER})"
 
 
 def check_budget(n_params: int, max_params: int | None) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
@@ -27,9 +29,9 @@ from cnnsweep.data import ImageData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
 from cnnsweep.machine import machine_facts
-from cnnsweep.model import OverBudget, check_budget, count_parameters
+from cnnsweep.model import OverBudget, check_budget, check_outputs, count_parameters
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
-from cnnsweep.schema import CONF_DIR
+from cnnsweep.schema import ConfigOptions
 from cnnsweep.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ class Reporter(Protocol):
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, reporter: Reporter | None = None, resume: bool = False
+    cfg: DictConfig,
+    run_dir: Path,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    options: ConfigOptions | None = None,
 ) -> float | list[float]:
     """Train the configured model, write the run's artifacts into run_dir, return the objective
     (a list of values, one per objective, when `cfg.objective` names several).
@@ -53,11 +59,15 @@ def train(
     scheduler state, random number generators and data order). summary.json records how the
     run ended (completed, over_budget, pruned, diverged, failed, interrupted) whatever happens
     once the model is built. SIGINT/SIGTERM stop it after the current batch (Interrupted).
+    options: where the model group's options are found, to name those that fit in a budget refusal.
     """
     clock = Clock()
     objectives = resolve_objectives(cfg.objective, cfg.data.val_size)
     torch.manual_seed(cfg.seed)
     model = make(cfg.model, _convert_="all")
+    check_outputs(
+        model, cfg.model.get("_target_", "?"), cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes
+    )
     n_params = count_parameters(model)
     folder = RunFolder(run_dir)
     summary = base_summary(cfg, objectives, n_params)
@@ -65,7 +75,8 @@ def train(
         try:
             check_budget(n_params, cfg.budget.max_params)
         except OverBudget as error:
-            raise OverBudget(n_params, error.max_params, models_that_fit(cfg.data, error.max_params)) from None
+            fitting = models_that_fit(cfg.data, error.max_params, options) if options is not None else []
+            raise OverBudget(n_params, error.max_params, fitting) from None
         _fit(cfg, model, objectives, folder, summary, clock, reporter, resume, stop)
     values = summary["objectives"]
     said = ", ".join(
@@ -75,19 +86,20 @@ def train(
     return summary["objective_value"] if len(values) == 1 else list(values.values())
 
 
-def models_that_fit(data: DictConfig, max_params: int) -> list[tuple[str, int]]:
-    """Each conf/model option built for the data's shape, with its parameter count, where it fits the budget."""
+def models_that_fit(data: DictConfig, max_params: int, options: ConfigOptions) -> list[tuple[str, int]]:
+    """Each option of the model group (where Hydra finds them: conf/model, a --config-dir's model/) built
+    for `data`'s shape, with its parameter count, where it fits the budget."""
     fitting = []
-    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
-        option = OmegaConf.load(path)
-        option.pop("defaults", None)
-        option.update(in_channels=data.in_channels, image_size=data.image_size, num_classes=data.num_classes)
+    own_data = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
+    for name in options.names("model"):
         try:
-            n_params = count_parameters(make(option, _convert_="all"))
-        except UserError:  # a layout that shrinks this image size to nothing
+            composed = options.compose([f"model={name}"])
+            composed.data = own_data  # the option's network follows this run's data
+            n_params = count_parameters(make(composed.model, _convert_="all"))
+        except (UserError, HydraException, OmegaConfBaseException):  # not buildable for this data: not offered
             continue
         if n_params <= max_params:
-            fitting.append((path.stem, n_params))
+            fitting.append((name, n_params))
     return fitting
 
 
@@ -142,7 +154,10 @@ def _fit(
 
     splits = data.load(trainer.device)
     n_val = len(splits.val) if splits.val else 0
-    log.info(f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images from {data.root}")
+    log.info(
+        f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images "
+        f"({data.describe()}) from {data.root}"
+    )
     scheduler = build_scheduler(cfg, optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)

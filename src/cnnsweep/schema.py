@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
+from cnnsweep.errors import UserError
+
+# The repository's conf/, for the tests and tools run from a checkout (an editable install). A run finds
+# its configs through Hydra's search path instead (train.py's conf/, --config-dir, hydra.searchpath).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # OmegaConf reads these annotations at runtime: use typing.Optional/List forms it understands.
 # ruff: noqa: UP006, UP007, UP035, UP045
@@ -204,6 +211,20 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def class_count(root: str) -> int:
+    """`${cnnsweep.class_count:${.root}}`: the number of class sub-folders of an image folder (of its
+    train/ folder where it has one), as torchvision's ImageFolder counts them (every sub-folder)."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise UserError(f"data.root={root} is not a folder; point it at a folder of class sub-folders")
+    if (folder / "train").is_dir():
+        folder = folder / "train"
+    classes = [entry for entry in folder.iterdir() if entry.is_dir()]
+    if not classes:
+        raise UserError(f"{folder} has no sub-folders; it needs one sub-folder of images per class")
+    return len(classes)
+
+
 def register() -> None:
     """Store the schemas in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent).
 
@@ -212,6 +233,7 @@ def register() -> None:
     """
     OmegaConf.register_new_resolver("cnnsweep.if_set", if_set, replace=True)
     OmegaConf.register_new_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
+    OmegaConf.register_new_resolver("cnnsweep.class_count", class_count, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     for group, schemas in GROUP_SCHEMAS.items():
@@ -219,13 +241,39 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=name, node=node)
 
 
-def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
-    """conf/train.yaml composed with `overrides`, as `python train.py` composes it (no Hydra run).
+def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False, config_dir: Path = CONF_DIR) -> DictConfig:
+    """config_dir/train.yaml composed with `overrides`, as `python train.py` composes it (no Hydra run).
 
     with_hydra keeps the `hydra` node (run folder, sweeper, launcher).
     """
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+class ConfigOptions:
+    """The options of the config groups where Hydra finds them (its config search path: train.py's
+    conf/, a --config-dir, hydra.searchpath), and the primary config composed with any of them."""
+
+    def __init__(self, loader: ConfigLoader, config_name: str = "train") -> None:
+        self.loader, self.config_name = loader, config_name
+
+    @classmethod
+    def of_running_app(cls, config_name: str) -> "ConfigOptions | None":
+        """The search path of the Hydra app this process runs (also in a launcher's job process, which
+        Hydra hands its global state); None where there is none."""
+        running = GlobalHydra.instance()
+        return cls(running.config_loader(), config_name) if running.is_initialized() else None
+
+    @classmethod
+    def of_folder(cls, config_dir: Path = CONF_DIR) -> "ConfigOptions":
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return cls(GlobalHydra.instance().config_loader())
+
+    def names(self, group: str) -> list[str]:
+        return sorted(self.loader.get_group_options(group))
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        return self.loader.load_configuration(self.config_name, list(overrides), RunMode.RUN)
 
 
 register()

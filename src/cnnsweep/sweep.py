@@ -44,7 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
-from cnnsweep.cli import one_line
+from cnnsweep.cli import check_config, one_line
 from cnnsweep.errors import UserError, make
 from cnnsweep.model import OverBudget, check_budget, count_parameters
 from cnnsweep.objectives import checked_directions
@@ -281,6 +281,7 @@ class StudySweeper(OptunaSweeperImpl):
         """
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            check_config(cfg)  # unset (???) and unresolvable values, named as a plain run names them
             n_params = count_parameters(make(cfg.model, _convert_="all"))
             check_budget(n_params, cfg.budget.max_params)
             return False

@@ -210,8 +210,8 @@ def register() -> None:
     Runs on import of this module, which `import cnnsweep` does: every process that composes a
     config (the sweep, and each parallel job) has them.
     """
-    OmegaConf.register_new_resolver("cnnsweep.if_set", if_set, replace=True)
-    OmegaConf.register_new_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
+    OmegaConf.register_resolver("cnnsweep.if_set", if_set, replace=True)
+    OmegaConf.register_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     for group, schemas in GROUP_SCHEMAS.items():
@@ -224,7 +224,7 @@ def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> D
 
     with_hydra keeps the `hydra` node (run folder, sweeper, launcher).
     """
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose("train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 

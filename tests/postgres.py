@@ -64,10 +64,12 @@ class Server:
 
     def create_user(self, name: str, password: str) -> str:
         """A login role with `password` that owns a new database of its name; returns its URL (password included)."""
-        import psycopg2
+        import psycopg
 
-        connection = psycopg2.connect(host=str(self.folder), port=self.port, user=SUPERUSER, dbname="postgres")
-        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        # CREATE DATABASE cannot run inside a transaction
+        connection = psycopg.connect(
+            host=str(self.folder), port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+        )
         try:
             with connection.cursor() as cursor:
                 cursor.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD %s', (password,))

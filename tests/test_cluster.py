@@ -38,7 +38,7 @@ SUBMITIT_LANES = ("hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "tr
 @pytest.fixture(scope="module")
 def server():
     """A PostgreSQL server that asks for a password on TCP; skipped where none can be started."""
-    pytest.importorskip("psycopg2", reason="psycopg2-binary (the dev extra) talks to PostgreSQL")
+    pytest.importorskip("psycopg", reason="psycopg (the dev extra) talks to PostgreSQL")
     try:
         with running_server(host_auth="scram-sha-256") as running:
             yield running
@@ -193,7 +193,7 @@ def test_no_file_of_the_sweep_and_no_output_line_holds_the_database_password(two
 
 
 def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, server, secret_url):
-    # Two objectives: optuna 2.10 cannot prune them, so jobs report nothing to their trials and only the
+    # Two objectives: Optuna cannot prune them, so jobs report nothing to their trials and only the
     # worker itself talks to the database, when one trial ends and the next begins: the outage meets it there.
     n_trials, outage_s = 3, 5
     sweep_dir = tmp_path / "sweep"

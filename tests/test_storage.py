@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from postgres import free_port
 
 from cnnsweep.errors import UserError
@@ -35,6 +36,7 @@ def test_a_database_that_never_answers_is_given_up_in_one_line_naming_it_without
     pytest.importorskip("psycopg", reason="psycopg (the dev extra) talks to PostgreSQL")
     port = free_port()  # nothing listens there: every connection is refused
     url = f"postgresql://cnnsweep:s3cret@127.0.0.1:{port}/sweeps"
+    sqlalchemy.create_engine(url).dispose()  # import the driver first (about 1 s on a busy machine): time the waits
     began = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="cnnsweep.storage"), pytest.raises(StorageUnavailable) as raised:
         open_storage(url, patience_s=2)

@@ -11,10 +11,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
 from cnnsweep.cli import check_config, precheck, resumed_run
-from cnnsweep.errors import UserError
+from cnnsweep.errors import RUN_TARGETS, UserError
 from cnnsweep.schema import ConfigOptions
 from cnnsweep.signals import Interrupted
 
@@ -24,7 +25,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 sys.path.append(os.getcwd())
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # torch is imported here, after the precheck: a bad override is refused without waiting for it (3 s)
     from cnnsweep.loop import Diverged
@@ -63,4 +64,5 @@ def exit_code(error: Exception) -> int:
 
 if __name__ == "__main__":
     precheck(sys.argv[1:], CONF_DIR)  # bad overrides and unwritable folders: one line, before Hydra makes anything
-    main()
+    with execution_whitelist(RUN_TARGETS):  # what Hydra itself builds from the config (the SweepTable callback)
+        main()

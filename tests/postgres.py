@@ -64,14 +64,18 @@ class Server:
 
     def create_user(self, name: str, password: str) -> str:
         """A login role with `password` that owns a new database of its name; returns its URL (password included)."""
-        import psycopg2
+        import psycopg
+        from psycopg import sql
 
-        connection = psycopg2.connect(host=str(self.folder), port=self.port, user=SUPERUSER, dbname="postgres")
-        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        # CREATE DATABASE cannot run inside a transaction
+        connection = psycopg.connect(
+            host=str(self.folder), port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+        )
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD %s', (password,))
-                cursor.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+            with connection.cursor() as cursor:  # (psycopg 3 binds parameters on the server: none in CREATE ROLE)
+                role = sql.Identifier(name)
+                cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+                cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
         finally:
             connection.close()
         return f"postgresql://{name}:{password}@127.0.0.1:{self.port}/{name}"

@@ -24,6 +24,7 @@ from postgres import running_server
 from cnnsweep.storage import StorageUnavailable
 from cnnsweep.study import open_storage
 from cnnsweep.trial import connect_trial
+from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
 from conftest import REPO
 
@@ -38,7 +39,7 @@ SUBMITIT_LANES = ("hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "tr
 @pytest.fixture(scope="module")
 def server():
     """A PostgreSQL server that asks for a password on TCP; skipped where none can be started."""
-    pytest.importorskip("psycopg2", reason="psycopg2-binary (the dev extra) talks to PostgreSQL")
+    pytest.importorskip("psycopg", reason="psycopg (the dev extra) talks to PostgreSQL")
     try:
         with running_server(host_auth="scram-sha-256") as running:
             yield running
@@ -193,7 +194,7 @@ def test_no_file_of_the_sweep_and_no_output_line_holds_the_database_password(two
 
 
 def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, server, secret_url):
-    # Two objectives: optuna 2.10 cannot prune them, so jobs report nothing to their trials and only the
+    # Two objectives: Optuna cannot prune them, so jobs report nothing to their trials and only the
     # worker itself talks to the database, when one trial ends and the next begins: the outage meets it there.
     n_trials, outage_s = 3, 5
     sweep_dir = tmp_path / "sweep"
@@ -233,7 +234,9 @@ def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, 
 def test_a_job_reporting_to_its_trial_waits_out_a_database_restart(server, secret_url):
     study = optuna.create_study(study_name="report", storage=open_storage(secret_url))
     trial = study.ask()
-    hydra_cfg = OmegaConf.create({"sweeper": {"storage": secret_url, "study_name": "report", "trial": trial.number}})
+    hydra_cfg = OmegaConf.create(
+        {"sweeper": {"_target_": TARGET, "storage": secret_url, "study_name": "report"}, "job": {"num": trial.number}}
+    )  # a job of cnnsweep's sweeper: its trial is its job number
     reporter = connect_trial(hydra_cfg)  # as the job does: its own storage, its own pooled connections
     server.stop()
     restart = threading.Timer(1, server.start)
@@ -274,15 +277,16 @@ def test_a_refused_password_fails_at_once_in_one_line_without_the_password(secre
 
 
 def test_submitit_jobs_get_one_try_before_timing_out(submitit):
-    """one_try_per_job sets hydra-submitit-launcher's `params` (read through its `_EXECUTOR` marker, a private
-    attribute): this fails if the launcher stops keeping its settings there or passing max_num_timeout on."""
+    """one_try_per_job sets hydra-submitit-launcher's `params` (the dict of its settings, an attribute without
+    underscore but not documented): this fails if the launcher stops keeping its settings there or passing
+    max_num_timeout on to submitit's executor."""
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
     from cnnsweep.sweep import one_try_per_job
 
     launcher = LocalLauncher(submitit_folder="unused", timeout_min=1)
-    assert launcher._EXECUTOR == "local" and launcher.params["timeout_min"] == 1
+    assert launcher.params["timeout_min"] == 1
     one_try_per_job(launcher)
     assert launcher.params["max_num_timeout"] == 0
     source = Path(sys.modules[LocalLauncher.__module__].__file__).read_text()
-    assert 'specific_init_keys = {"max_num_timeout"}' in source  # the launcher hands it to submitit's executor
+    assert 'specific_init_keys = {"max_num_timeout", "python"}' in source  # it hands it to submitit's executor

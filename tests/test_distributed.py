@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from postgres import throwaway_server
 
-from cnnsweep.study import open_storage, requeue_lost_trials
+from cnnsweep.study import Lanes, open_storage, requeue_lost_trials
 
 from conftest import REPO
 
@@ -211,7 +211,9 @@ def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_reru
     last_beat = datetime.datetime.now() - datetime.timedelta(seconds=beat_age_s)  # on this host's clock
     assert beat_age_s < GRACE_S, "the victim stopped beating before it was killed"
     checker = open_storage(postgres_url, HEARTBEAT_S, GRACE_S)
-    within_grace = requeue_lost_trials(optuna.load_study(study_name="stale", storage=checker), checker)
+    within_grace = requeue_lost_trials(
+        optuna.load_study(study_name="stale", storage=checker), Lanes(checker, HEARTBEAT_S, GRACE_S)
+    )
     assert within_grace == [] and storage.get_trial(lost._trial_id).state == TrialState.RUNNING, "failed too early"
 
     survivor = reaped(worker(tiny_mnist, tmp_path / "survivor", postgres_url, "stale", n_trials, 3, *SHORT_HEARTBEATS))
@@ -239,8 +241,9 @@ def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_reru
 
 
 def test_a_heartbeat_recorded_during_another_workers_check_does_not_fail_the_live_trial(postgres_url):
-    # optuna 2.10's stale check reads the database's clock, then the heartbeats: a heartbeat committed
-    # in between is newer than that clock, and (now - heartbeat).seconds of the negative gap is 86399.
+    # optuna 2.10's stale check read the database's clock, then the heartbeats: a heartbeat committed
+    # in between is newer than that clock, and (now - heartbeat).seconds of the negative gap was 86399.
+    # Optuna 5 fixed it, and study.py now relies on its check alone: this guards that fix.
     beating = open_storage(postgres_url, HEARTBEAT_S, GRACE_S)
     study = optuna.create_study(study_name="beat-race", storage=beating)
     trial = study.ask()
@@ -254,7 +257,9 @@ def test_a_heartbeat_recorded_during_another_workers_check_does_not_fail_the_liv
             beating.record_heartbeat(beat_pending.pop())  # the live worker's heartbeat thread, just then
 
     sqlalchemy.event.listen(checker.engine, "after_cursor_execute", beat_after_clock)
-    lost = requeue_lost_trials(optuna.load_study(study_name="beat-race", storage=checker), checker)
+    lost = requeue_lost_trials(
+        optuna.load_study(study_name="beat-race", storage=checker), Lanes(checker, HEARTBEAT_S, GRACE_S)
+    )
     assert not beat_pending, "the check never read the database's clock: the race was not staged"
     assert lost == [] and beating.get_trial(trial._trial_id).state == TrialState.RUNNING
 

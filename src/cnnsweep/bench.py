@@ -38,7 +38,7 @@ from cnnsweep.data import Split, n_batches, shuffled_batches
 from cnnsweep.errors import make
 from cnnsweep.loop import preparers
 from cnnsweep.machine import machine_facts, machine_label
-from cnnsweep.model import Dropout
+from cnnsweep.model import Dropout, build_model
 from cnnsweep.run import build, build_scheduler
 from cnnsweep.schema import compose_config
 
@@ -74,7 +74,7 @@ def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = Fa
     """cnnsweep's own path from the composed config; with fixed_batch, steps on one prepared batch."""
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
-    parts = build(cfg, make(cfg.model, _convert_="all"))
+    parts = build(cfg, build_model(cfg.model))
     trainer, data = parts.trainer, parts.data
     splits = data.load(trainer.device)
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
@@ -125,7 +125,7 @@ def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
     device = make(cfg.trainer).device
-    model = with_torch_dropout(make(cfg.model, _convert_="all")).to(device)
+    model = with_torch_dropout(build_model(cfg.model)).to(device)
     optimizer = make(cfg.optimizer, _convert_="all")(params=model.parameters())
     dataset = getattr(datasets, cfg.data.dataset)  # MNIST, FashionMNIST or KMNIST: the files cnnsweep reads
     normalize = transforms.Normalize(list(cfg.data.mean), list(cfg.data.std))

@@ -15,13 +15,20 @@ class UserError(Exception):
     """
 
 
+# What a run's config may build: cnnsweep's own classes and torch's optimizers and layers. Hydra 1.4
+# warns about (and 1.5 refuses) instantiating a config's _target_ without such a list.
+RUN_TARGETS = ("cnnsweep.*", "torch.optim.*", "torch.nn.*")
+
+
 def make(config: Any, *args: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but a UserError raised by the target comes through as itself.
+    """hydra.utils.instantiate of RUN_TARGETS (or the `_execution_whitelist_` given), but a UserError
+    raised by the target comes through as itself.
 
     Hydra wraps whatever a constructor raises in an InstantiationException with a traceback;
     a bad value the constructor refused should reach the user as its own one-line message, and so
     should a `_target_` that cannot be imported (a user's own model class not on the path).
     """
+    kwargs.setdefault("_execution_whitelist_", RUN_TARGETS)
     try:
         return instantiate(config, *args, **kwargs)
     except InstantiationException as error:

@@ -23,6 +23,7 @@ from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import autocast, layout_setting, predict, resolve_device
+from cnnsweep.model import build_model
 
 EVALUATION_DIR = "evaluation"
 
@@ -50,7 +51,7 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
 def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) -> torch.nn.Module:
     """The model the config describes, with the checkpoint's evaluated weights (the moving average
     when the run kept one); refuses a mismatch."""
-    model = make(config["model"], _convert_="all")
+    model = build_model(config["model"])
     weights = checkpoint["model"]
     if "ema" in checkpoint:  # AveragedModel's state: module.<name> for each weight, plus n_averaged
         weights = {

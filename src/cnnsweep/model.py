@@ -9,14 +9,15 @@ N x C x H x W in, logits N x classes out (PyTorch's convention: cross-entropy is
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
-from cnnsweep.errors import UserError
+from cnnsweep.errors import RUN_TARGETS, UserError, make
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,27 @@ def _check_architecture(widths: list[int], layout: list[str], dropout: float, he
         raise UserError(f"model.dropout={dropout} is outside [0, 1)")
     if head not in HEADS:
         raise UserError(f"model.head={head!r} is unknown; allowed: {', '.join(HEADS)}")
+
+
+def build_model(config: Any) -> nn.Module:
+    """The model a model config names (`_target_` and its arguments), built by Hydra's instantiate.
+
+    Besides the run's own RUN_TARGETS, the exact `_target_` names inside the model config may be
+    built: a model class of the user's own (README, Bring your own model) is named there by the
+    model option they chose. Hydra still refuses the targets it never allows (os.system, ...).
+    """
+    trusted = (*RUN_TARGETS, *sorted(set(targets_in(config))))
+    return make(config, _convert_="all", _execution_whitelist_=trusted)
+
+
+def targets_in(node: Any) -> list[str]:
+    """Every `_target_` value in a config node and the nodes inside it."""
+    if isinstance(node, Mapping) or OmegaConf.is_dict(node):
+        found = [str(node["_target_"])] if "_target_" in node else []
+        return found + [target for key in node if key != "_target_" for target in targets_in(node[key])]
+    if isinstance(node, (list, tuple)) or OmegaConf.is_list(node):
+        return [target for item in node for target in targets_in(item)]
+    return []
 
 
 def check_outputs(model: nn.Module, target: str, in_channels: int, image_size: int, num_classes: int) -> None:

@@ -39,6 +39,7 @@ from cnnsweep.results import (
     study_rows,
     sweep_objectives,
 )
+from cnnsweep.study import open_storage
 
 COLUMNS = ("run", "state", "objective", "value", "test_acc", "n_params", "epochs", "duration_s", "overrides")
 
@@ -142,7 +143,8 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
     directions = directions_of(objectives)
     study = None
     if study_name and (sweep_dir / "optuna.db").is_file():
-        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+        storage = open_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")  # an optuna 2.10 file: refused in one line
+        study = optuna.load_study(study_name=study_name, storage=storage)
         directions = [direction.name.lower() for direction in study.directions]
         rows, _ = study_rows(study.trials, objectives)
     elif study_name and (sweep_dir / TRIALS_FILE).is_file():  # a study in a remote database
@@ -168,7 +170,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
 
 def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study | None:
     """An in-memory Optuna study of finished trial rows, so grid sweeps get Optuna's plots too."""
-    from optuna.distributions import CategoricalDistribution, IntUniformDistribution, UniformDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED", "FAIL")]
     names = sorted({key for row in finished for key in row_params(row)})
@@ -179,7 +181,7 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
         if len(numbers) == len(seen) and len(set(numbers)) > 1:
             low, high = min(numbers), max(numbers)
             is_int = all(isinstance(v, int) for v in numbers)
-            distributions[name] = IntUniformDistribution(low, high) if is_int else UniformDistribution(low, high)
+            distributions[name] = IntDistribution(low, high) if is_int else FloatDistribution(low, high)
         else:
             distributions[name] = CategoricalDistribution(sorted(set(seen), key=str))
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"

@@ -29,7 +29,7 @@ from cnnsweep.data import ImageData, n_batches
 from cnnsweep.errors import UserError, make
 from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
 from cnnsweep.machine import machine_facts
-from cnnsweep.model import OverBudget, check_budget, check_outputs, count_parameters
+from cnnsweep.model import OverBudget, build_model, check_budget, check_outputs, count_parameters
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
 from cnnsweep.schema import ConfigOptions
 from cnnsweep.signals import StopRequests, stop_requests
@@ -64,7 +64,7 @@ def train(
     clock = Clock()
     objectives = resolve_objectives(cfg.objective, cfg.data.val_size)
     torch.manual_seed(cfg.seed)
-    model = make(cfg.model, _convert_="all")
+    model = build_model(cfg.model)
     check_outputs(
         model, cfg.model.get("_target_", "?"), cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes
     )
@@ -95,7 +95,7 @@ def models_that_fit(data: DictConfig, max_params: int, options: ConfigOptions) -
         try:
             composed = options.compose([f"model={name}"])
             composed.data = own_data  # the option's network follows this run's data
-            n_params = count_parameters(make(composed.model, _convert_="all"))
+            n_params = count_parameters(build_model(composed.model))
         except (UserError, HydraException, OmegaConfBaseException):  # not buildable for this data: not offered
             continue
         if n_params <= max_params:

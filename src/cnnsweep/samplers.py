@@ -1,7 +1,7 @@
 """Optuna samplers as cnnsweep's sweeps use them: a grid over any search space, and per-trial seeding.
 
-Every sampler option (`hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|motpe|grid`) runs with every
-search space: the grid sampler splits continuous intervals into `interval_points` values, and a
+Every sampler option (`hydra/sweeper/sampler=tpe|random|gp|qmc|cmaes|nsgaii|nsgaiii|grid`) runs with
+every search space: the grid sampler splits continuous intervals into `interval_points` values, and a
 seeded sampler is reseeded for each trial from the seed, the study's name and the trial's number.
 """
 
@@ -9,36 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    DiscreteUniformDistribution,
-    IntLogUniformDistribution,
-    IntUniformDistribution,
-    LogUniformDistribution,
-    UniformDistribution,
-)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from cnnsweep.errors import UserError
 
-# The sampler's own random state, by attribute name: optuna 2.10 keeps it in private attributes, and
-# offers no way to reseed them per trial (reseed_rng() draws a fresh, unreproducible seed).
-# tests/test_samplers.py fails if a sampler stops having them.
-RNG_ATTRIBUTES = ("_rng", "_cma_rng")  # numpy RandomStates; CMA-ES seeds each trial's draw from _cma_rng
-INNER_SAMPLERS = ("_random_sampler", "_independent_sampler")  # samplers a sampler delegates to
+# Private Optuna attributes (1 of 2): the sampler's own random state, by attribute name. Optuna keeps it in
+# private attributes (each a LazyRandomState whose public `.rng` is a numpy RandomState) and offers no way
+# to reseed them per trial (reseed_rng() draws a fresh, unreproducible seed). GridSampler, TPE, random, GP
+# and NSGA-II hold `_rng`; CMA-ES seeds each trial's draw from `_cma_rng`.
+# tests/test_samplers.py::test_the_samplers_keep_the_private_random_state_reseed_replaces fails if one goes.
+RNG_ATTRIBUTES = ("_rng", "_cma_rng")
+INNER_SAMPLERS = ("_random_sampler", "_independent_sampler")  # samplers a sampler delegates to (same test)
 
 
 class GridSearch(optuna.samplers.GridSampler):
     """Optuna's GridSampler over a search space, each interval split into `interval_points` values.
 
-    `hydra/sweeper/sampler=grid` makes it once the search space is known. `seed` (applied per trial
-    by `reseed`) orders the grid's points: optuna draws the next unvisited point at random.
+    `hydra/sweeper/sampler=grid` makes it once the search space is known. `seed` orders the grid's
+    points: trial N runs the N-th point of the grid shuffled by it (so parallel workers never pick one twice).
     """
 
     def __init__(
@@ -47,7 +40,7 @@ class GridSearch(optuna.samplers.GridSampler):
         if interval_points < 1:
             raise UserError(f"hydra.sweeper.sampler.interval_points={interval_points} must be at least 1")
         self.choices = {name: grid_choices(d, interval_points) for name, d in distributions.items()}
-        super().__init__(self.choices)
+        super().__init__(self.choices, seed=seed)
 
     @property
     def n_points(self) -> int:
@@ -59,21 +52,21 @@ def grid_choices(distribution: BaseDistribution, points: int) -> list[Any]:
     else `points` values spread evenly (geometrically for a log scale) from low to high."""
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
-    if isinstance(distribution, (IntUniformDistribution, IntLogUniformDistribution)):
-        step = getattr(distribution, "step", 1)
-        every = list(range(distribution.low, distribution.high + 1, step))
+    if isinstance(distribution, IntDistribution):
+        every = list(range(distribution.low, distribution.high + 1, distribution.step))
         if len(every) <= points:
             return every
-        spread = np.geomspace if isinstance(distribution, IntLogUniformDistribution) else np.linspace
+        spread = np.geomspace if distribution.log else np.linspace
         picked = spread(distribution.low, distribution.high, points)
         return sorted({min(every, key=lambda v: abs(v - x)) for x in picked})
-    if isinstance(distribution, DiscreteUniformDistribution):
-        every = list(np.arange(distribution.low, distribution.high + distribution.q / 2, distribution.q))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:  # range(...) of floats
+        step = distribution.step
+        every = list(np.arange(distribution.low, distribution.high + step / 2, step))
         if len(every) > points:
             every = [every[round(i)] for i in np.linspace(0, len(every) - 1, points)]
         return [_short(value) for value in every]
-    if isinstance(distribution, (UniformDistribution, LogUniformDistribution)):
-        spread = np.geomspace if isinstance(distribution, LogUniformDistribution) else np.linspace
+    if isinstance(distribution, FloatDistribution):
+        spread = np.geomspace if distribution.log else np.linspace
         if points == 1:
             return [_short(float(spread(distribution.low, distribution.high, 3)[1]))]
         return [_short(float(value)) for value in spread(distribution.low, distribution.high, points)]
@@ -82,6 +75,21 @@ def grid_choices(distribution: BaseDistribution, points: int) -> list[Any]:
 
 def _short(value: float) -> float:
     return float(f"{value:.6g}")  # 0.0632456 rather than 0.06324555320336758 in overrides and tables
+
+
+def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
+    """Distributions, fixed values and other overrides (`~key` deletions) of a sweep's parameter overrides
+    (`interval(...)`, `tag(log, ...)`, `int(...)`, `choice(...)`, `range(...)`), parsed as
+    hydra-optuna-sweeper parses them; a key given a fixed value later is not sampled."""
+    # Private Hydra module: hydra-optuna-sweeper offers its override parser only in `_impl`.
+    # tests/test_samplers.py::test_hydra_optuna_sweepers_parser_still_makes_the_distributions_we_sample fails
+    # if it moves or changes what it returns.
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    distributions, fixed_params, fixed_overrides = create_params_from_overrides(overrides)
+    for name in fixed_params:
+        distributions.pop(name, None)
+    return distributions, fixed_params, fixed_overrides
 
 
 def trial_seed(seed: int, study_name: str, number: int) -> int:
@@ -101,16 +109,22 @@ def reseed(sampler: Any, seed: int | None, study_name: str, number: int) -> None
     if seed is None:
         return
     value = trial_seed(seed, study_name, number)
-    if isinstance(sampler, optuna.samplers.GridSampler):
-        random.seed(value)  # optuna 2.10's GridSampler picks the next grid point with the random module
-        return
     for name in RNG_ATTRIBUTES:
-        if hasattr(sampler, name):
-            setattr(sampler, name, np.random.RandomState(value))
+        state = getattr(sampler, name, None)
+        if state is not None:
+            state.rng.seed(value)
     for name in INNER_SAMPLERS:
         inner = getattr(sampler, name, None)
         if isinstance(inner, optuna.samplers.BaseSampler):
             reseed(inner, seed, study_name, number)
+
+
+def motpe_removed(**settings: Any) -> None:
+    """`hydra/sweeper/sampler=motpe`: refused before any trial (Optuna 4 removed MOTPESampler)."""
+    raise UserError(
+        "hydra/sweeper/sampler=motpe is gone: Optuna 4 removed MOTPE, and TPE (the default) now optimises "
+        "several objectives itself; use hydra/sweeper/sampler=tpe"
+    )
 
 
 def check_objectives(sampler: Any, objectives: Sequence[str]) -> None:
@@ -118,5 +132,5 @@ def check_objectives(sampler: Any, objectives: Sequence[str]) -> None:
     if len(objectives) > 1 and isinstance(sampler, optuna.samplers.CmaEsSampler):
         raise UserError(
             f"hydra/sweeper/sampler=cmaes optimises one objective, not objective={list(objectives)}; "
-            "use tpe, motpe, nsgaii, random or grid for a multi-objective sweep"
+            "use tpe, nsgaii, nsgaiii, gp, random, qmc or grid for a multi-objective sweep"
         )

@@ -231,9 +231,9 @@ def register() -> None:
     Runs on import of this module, which `import cnnsweep` does: every process that composes a
     config (the sweep, and each parallel job) has them.
     """
-    OmegaConf.register_new_resolver("cnnsweep.if_set", if_set, replace=True)
-    OmegaConf.register_new_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
-    OmegaConf.register_new_resolver("cnnsweep.class_count", class_count, replace=True)
+    OmegaConf.register_resolver("cnnsweep.if_set", if_set, replace=True)
+    OmegaConf.register_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
+    OmegaConf.register_resolver("cnnsweep.class_count", class_count, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     for group, schemas in GROUP_SCHEMAS.items():
@@ -246,7 +246,7 @@ def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False, conf
 
     with_hydra keeps the `hydra` node (run folder, sweeper, launcher).
     """
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir)):
         return compose("train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
@@ -266,7 +266,7 @@ class ConfigOptions:
 
     @classmethod
     def of_folder(cls, config_dir: Path = CONF_DIR) -> "ConfigOptions":
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir)):
             return cls(GlobalHydra.instance().config_loader())
 
     def names(self, group: str) -> list[str]:

@@ -28,6 +28,8 @@ from sqlalchemy.exc import ArgumentError
 
 log = logging.getLogger(__name__)
 
+JOURNAL = "journal://"  # journal:///abs/path/study.log: Optuna's JournalStorage in that file (no server)
+
 # How long a worker keeps retrying an unreachable database before it gives up. Within the default heartbeat
 # grace (120 s) less one interval (60 s): an outage the workers wait out leaves no running trial looking lost.
 PATIENCE_S = 60.0
@@ -67,8 +69,8 @@ def password_of(url: str) -> str | None:
 
 
 def is_network(url: str) -> bool:
-    """Whether the storage is a database server (not a SQLite file): one that can be briefly unreachable."""
-    return not url.startswith("sqlite")
+    """Whether the storage is a database server (not a SQLite or journal file): one that can be briefly unreachable."""
+    return not url.startswith(("sqlite", JOURNAL))
 
 
 def engine_options(url: str) -> dict[str, Any]:

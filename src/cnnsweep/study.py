@@ -1,16 +1,19 @@
 """Bookkeeping of an Optuna study shared by sweep workers: storage, trial ownership, lost trials.
 
-Several sweep processes (on one machine or many) may work on one study. Each marks the trials it
-runs with its owner (host:pid) and keeps a heartbeat for them. A trial left RUNNING by a worker
-that died (its process on this host is gone, its heartbeat is stale, or it never got an owner) is
-marked FAIL and its parameters are queued again through optuna's RetryFailedTrialCallback (the
-retry's system attr `failed_trial` names the first trial of its chain), so the study's total of
-trials is still reached. A database server that is briefly unreachable is waited for (cnnsweep.storage).
+Several sweep processes (on one machine or many) may work on one study, in a database (RDBStorage) or
+a journal file (JournalStorage, `journal:///abs/path/study.log`). Each marks the trials it runs with
+its owner (host:pid) and keeps a heartbeat for them: Optuna's own in a database (by the database's
+clock), a timestamp in the trial's system attrs in a journal, which has no heartbeat of Optuna's (by
+the workers' clocks: keep them in step, as NTP does). A trial left RUNNING by a worker that died (its
+process on this host is gone, its heartbeat is stale, or it never got an owner) is marked FAIL and its
+parameters are queued again through Optuna's RetryHeartbeatStaleTrialCallback (the retry's system attr
+`failed_trial` names the first trial of its chain), so the study's total of trials is still reached. A
+database server that is briefly unreachable is waited for (cnnsweep.storage).
 
-Why not optuna's own `fail_stale_trials(study)`: with several workers it raises as soon as another
-worker has failed one of the stale trials first, and the trials it had failed before that never get
-their callback, so their parameters would never run again. `requeue_lost_trials` does the same per
-trial and tolerates the race.
+Why not Optuna's own `fail_stale_trials(study)`: it fails a trial first and lets the callback mark and
+re-queue it after, and Optuna refuses to mark a finished trial: a worker that died between the two would
+leave a failed trial that is never run again nor told apart. `requeue_lost_trials` marks it, then fails
+it, then re-queues it, and a later worker finishes the re-queue of a marked one.
 """
 
 from __future__ import annotations
@@ -19,64 +22,89 @@ import copy
 import datetime
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from cnnsweep.errors import UserError
 from cnnsweep.storage import (
     DATABASE_ERRORS,
+    JOURNAL,
     PATIENCE_S,
     engine_options,
     first_line,
     is_network,
     patiently,
+    shown_url,
     wait_out_outages,
 )
 
 log = logging.getLogger(__name__)
 
+# Optuna marks as experimental what sweeps use knowingly (heartbeats, metric names, retries), and warns that
+# heartbeats are "supposed to be used with Study.optimize": our loop keeps them itself (heartbeats() below).
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
 OWNER = "cnnsweep:owner"  # system attr: "host:pid" of the sweep process running the trial
+BEAT = "cnnsweep:heartbeat"  # system attr in a journal: the worker's clock (epoch seconds) at its last heartbeat
 REQUEUED = "requeued"  # user attr: this FAILed trial's parameters were queued again
 SURPLUS = "surplus"  # user attr: asked beyond n_trials by a racing worker, never run
 REASON = "reason"  # user attr: why the trial was pruned or failed
 OVER_BUDGET = "over_budget"  # user attr: the drawn model was over budget.max_params, so it never ran
-RETRIED_FROM = "failed_trial"  # system attr set by optuna's RetryFailedTrialCallback: the first trial of a chain
+# Optuna constraint (trial.set_constraint): n_params - budget.max_params; feasible at <= 0
+BUDGET_CONSTRAINT = "n_params_over_budget"
+RETRIED_FROM = "failed_trial"  # system attr set by Optuna's RetryHeartbeatStaleTrialCallback: a chain's first trial
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's write lock on a SQLite study
 STORAGE_ATTEMPTS = 5  # tries to open a storage that other workers may be creating at the same moment
-# optuna 2.10's table of each RUNNING trial's last heartbeat (by the database's clock)
-HEARTBEATS = sqlalchemy.table(
-    "trial_heartbeats", sqlalchemy.column("trial_id"), sqlalchemy.column("heartbeat", sqlalchemy.DateTime)
-)
+UPGRADE = "optuna storage upgrade"  # the command Optuna names for a database of an older schema
 
 
 def open_storage(
     url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, patience_s: float = PATIENCE_S
-) -> RDBStorage:
-    """An RDB storage (SQLite, PostgreSQL, MySQL) for `url`, creating a SQLite file's folder.
+) -> BaseStorage:
+    """The storage for `url`: a journal file (journal:///abs/path) or a database (SQLite, PostgreSQL,
+    MySQL), creating a SQLite or journal file's folder.
 
     A database server that is unreachable (now or later, while the storage is in use) is waited for
-    up to `patience_s` seconds (cnnsweep.storage); then StorageUnavailable, in one line.
+    up to `patience_s` seconds (cnnsweep.storage); then StorageUnavailable, in one line. A database of
+    an older Optuna's schema (optuna 2.10's optuna.db) is refused in one line naming the upgrade.
     """
+    if url.startswith(JOURNAL):
+        return open_journal(url)
     engine_kwargs: dict[str, Any] = engine_options(url) if is_network(url) else {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
 
     def connect() -> RDBStorage:
-        return RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-        )
+        try:
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            )
+        except RuntimeError as error:
+            if UPGRADE not in str(error):
+                raise
+            written_by = re.search(r"set up by (optuna [^)]+)\)", str(error))
+            raise UserError(
+                f"study storage {shown_url(url)} was written by {written_by[1] if written_by else 'an older Optuna'}: "
+                f"run `{UPGRADE} --storage {shown_url(url)}` once to use it with optuna {optuna.__version__} (one "
+                "way: the older Optuna cannot read it afterwards; copy the file first to keep both)"
+            ) from None
 
     for attempt in range(STORAGE_ATTEMPTS):
         try:
@@ -92,6 +120,59 @@ def open_storage(
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def open_journal(url: str) -> JournalStorage:
+    """Optuna's JournalStorage on the file of `journal:///abs/path/study.log` (created with its folder)."""
+    path = Path(url.removeprefix(JOURNAL))
+    if not url.startswith(f"{JOURNAL}/") or not path.is_absolute():
+        raise UserError(
+            f"hydra.sweeper.storage={url} names no absolute file: write journal:///abs/path/study.log "
+            "(three slashes, then the path from /)"
+        )
+    if path.is_dir():
+        raise UserError(f"hydra.sweeper.storage={url} is a folder; name a file in it, e.g. {url.rstrip('/')}/study.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+@dataclass
+class Lanes:
+    """A study's storage with the heartbeat settings of the workers that share it."""
+
+    storage: BaseStorage
+    heartbeat_interval: int | None = None  # seconds; None: no heartbeats
+    grace_period: int | None = None  # seconds without one before a trial counts as lost; None: 2 intervals
+
+    @property
+    def grace_s(self) -> float:
+        return self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 60)
+
+    @property
+    def beating(self) -> bool:
+        return bool(self.heartbeat_interval)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if isinstance(self.storage, RDBStorage):
+            self.storage.record_heartbeat(trial_id)
+        else:
+            self.storage.set_trial_system_attr(trial_id, BEAT, time.time())
+
+    def stale_trial_ids(self, study_id: int) -> set[int]:
+        """The RUNNING trials whose last heartbeat is older than the grace period."""
+        if not self.beating:
+            return set()
+        if isinstance(self.storage, RDBStorage):
+            # Private Optuna method (BaseHeartbeat's own, underscored: fail_stale_trials fails what it finds
+            # before any mark can be set, see the module's note). Optuna 5 compares with the database's clock
+            # correctly (2.10 read a heartbeat committed during the check as 24 hours old).
+            # tests/test_storage.py::test_the_rdb_storage_still_lists_stale_trials_for_us fails if it changes (and
+            # the heartbeat race test in tests/test_distributed.py if the clock fix is undone).
+            return set(self.storage._get_stale_trial_ids(study_id))
+        now = time.time()
+        running = self.storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        lost = [trial.number for trial in running if now - trial.system_attrs.get(BEAT, now) > self.grace_s]
+        return {self.storage.get_trial_id_from_study_id_trial_number(study_id, number) for number in lost}
 
 
 def this_worker() -> str:
@@ -137,19 +218,20 @@ def n_counted(trials: Iterable[FrozenTrial], over_budget_counts: bool = False, b
     )
 
 
-def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
+def requeue_lost_trials(study: optuna.Study, lanes: Lanes) -> list[int]:
     """Fail the RUNNING trials whose worker is gone and queue their parameters again.
 
     A worker is gone when its process on this host no longer exists, when its heartbeat is older
-    than the storage's grace period (a worker on another host), or when its trial never got an
-    owner within that period (killed between asking for the trial and claiming it). `storage` is
-    the study's RDB backend, read directly: optuna's cached view of a study never re-reads the
-    trials it created itself. Also re-queues a failed trial whose retry was never queued (its
-    worker died in between). Returns the numbers of the trials failed here.
+    than the grace period (a worker on another host), or when its trial never got an owner within
+    that period (killed between asking for the trial and claiming it). Also re-queues a failed trial
+    whose retry was never queued (its worker died in between). Returns the numbers of the trials
+    failed here.
     """
-    trials = storage.get_all_trials(study._study_id, deepcopy=False)
-    stale = stale_trial_ids(storage, study._study_id)
-    grace = datetime.timedelta(seconds=grace_period_s(storage))
+    storage = lanes.storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    stale = lanes.stale_trial_ids(study_id)
+    grace = datetime.timedelta(seconds=lanes.grace_s)
     now = datetime.datetime.now()
     requeued = []
     for trial in trials:
@@ -157,70 +239,39 @@ def requeue_lost_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
             continue
         owner = trial.system_attrs.get(OWNER)
         unowned = owner is None and trial.datetime_start is not None and now - trial.datetime_start > grace
-        if _worker_is_gone(owner) or trial._trial_id in stale or unowned:
-            if retry_later(study, storage, trial._trial_id, f"interrupted: worker {owner or '(unknown)'} stopped"):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if _worker_is_gone(owner) or trial_id in stale or unowned:
+            if retry_later(study, storage, trial_id, f"interrupted: worker {owner or '(unknown)'} stopped"):
                 requeued.append(trial.number)
     for trial in unretried(trials):
         requeue(study, trial)
     return requeued
 
 
-def stale_trial_ids(storage: RDBStorage, study_id: int) -> set[int]:
-    """The RUNNING trials whose last heartbeat is older than the grace period.
-
-    optuna 2.10's own check alone would fail live trials: it reads the database's clock, then the
-    heartbeats, and a heartbeat committed in between is newer than that clock; `(now - heartbeat).seconds`
-    of the negative difference is 86399. Its candidates are confirmed against a clock read after
-    their heartbeats.
-    """
-    if not storage.is_heartbeat_enabled():
-        return set()
-    # optuna 2.10 offers no public way to list stale trials without failing them (see the module's note).
-    candidates = storage._get_stale_trial_ids(study_id)
-    if not candidates:
-        return set()
-    with storage.engine.connect() as connection:
-        query = sqlalchemy.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat).where(
-            HEARTBEATS.c.trial_id.in_(candidates)
-        )
-        last_beats = dict(connection.execute(query).all())
-    with storage.engine.connect() as connection:  # a later transaction: its clock is past every beat read above
-        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
-    grace = grace_period_s(storage)
-    return {trial_id for trial_id, beat in last_beats.items() if (now - beat).total_seconds() > grace}
-
-
-def grace_period_s(storage: RDBStorage) -> float:
-    """Seconds without a heartbeat after which a RUNNING trial counts as lost (optuna's default: 2 intervals)."""
-    if storage.grace_period is not None:
-        return storage.grace_period
-    return 2 * (storage.heartbeat_interval or 60)
-
-
-def retry_later(study: optuna.Study, storage: RDBStorage, trial_id: int, reason: str) -> bool:
+def retry_later(study: optuna.Study, storage: BaseStorage, trial_id: int, reason: str) -> bool:
     """Fail a RUNNING trial that did not finish through no fault of its own and queue its parameters
     again; False if it had finished meanwhile (by its worker, or failed by another)."""
     frozen = storage.get_trial(trial_id)
     try:
         storage.set_trial_user_attr(trial_id, REASON, reason)
         storage.set_trial_user_attr(trial_id, REQUEUED, True)
-        if not storage.set_trial_state(trial_id, TrialState.FAIL):
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
             return False
-    except RuntimeError:  # finished meanwhile
+    except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile
         return False
     requeue(study, frozen)
     return True
 
 
 def fresh_copy(trial: FrozenTrial) -> FrozenTrial:
-    """The trial without the marks of its failure, for RetryFailedTrialCallback to copy into the retry.
+    """The trial without the marks of its failure, for RetryHeartbeatStaleTrialCallback to copy into the retry.
 
     Nor its owner: a retry that inherited the dead worker's mark would, once a worker has popped it
     with ask() and before that worker's claim, look lost to every other worker and be failed again.
     """
     copied = copy.deepcopy(trial)
     copied.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (REQUEUED, REASON, SURPLUS)}
-    copied.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER}
+    copied.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in (OWNER, BEAT)}
     return copied
 
 
@@ -238,48 +289,48 @@ def unretried(trials: list[FrozenTrial], failed_only: bool = True) -> list[Froze
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a WAITING copy of `trial`'s parameters with optuna's RetryFailedTrialCallback."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryFailedTrialCallback()(study, fresh_copy(trial))
+    """Queue a WAITING copy of `trial`'s parameters with Optuna's RetryHeartbeatStaleTrialCallback."""
+    RetryHeartbeatStaleTrialCallback()(study, fresh_copy(trial))
 
 
 def claim(
-    study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, n_trials: int, over_budget_counts: bool = False
+    study: optuna.Study, lanes: Lanes, trial: optuna.Trial, n_trials: int, over_budget_counts: bool = False
 ) -> bool:
     """Mark `trial` as this worker's; False (and the trial set aside) if the study is already full.
 
     Workers racing for the last places may ask for more trials than n_trials; ranking by trial
     number decides, the same way in every worker, which of them run.
     """
-    owned = study._storage  # the trial is in this study's cache: write through it to keep the cache true
-    owned.set_trial_system_attr(trial._trial_id, OWNER, this_worker())
-    if storage.is_heartbeat_enabled():
-        storage.record_heartbeat(trial._trial_id)
-    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    storage = lanes.storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.set_trial_system_attr(trial_id, OWNER, this_worker())
+    if lanes.beating:
+        lanes.record_heartbeat(trial_id)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
     if n_counted(trials, over_budget_counts, before=trial.number) < n_trials:
         return True
-    owned.set_trial_user_attr(trial._trial_id, SURPLUS, True)
-    owned.set_trial_state(trial._trial_id, TrialState.FAIL)
+    storage.set_trial_user_attr(trial_id, SURPLUS, True)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
     return False
 
 
 @contextmanager
-def heartbeats(storage: RDBStorage, trial_ids: list[int]) -> Iterator[None]:
-    """Record a heartbeat for each trial every heartbeat interval while the block runs."""
-    if not storage.is_heartbeat_enabled():
+def heartbeats(lanes: Lanes, number: int, study_id: int) -> Iterator[None]:
+    """Record a heartbeat for trial `number` every heartbeat interval while the block runs."""
+    if not lanes.beating:
         yield
         return
+    trial_id = lanes.storage.get_trial_id_from_study_id_trial_number(study_id, number)
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(storage.get_heartbeat_interval()):
-            for trial_id in trial_ids:
-                try:
-                    storage.record_heartbeat(trial_id)
-                except DATABASE_ERRORS as error:
-                    # The trial goes on; the next beat tries again (and the sweep's own next step reports the outage).
-                    log.warning(f"heartbeat of trial id {trial_id} not recorded: {first_line(error)}")
+        while not stop.wait(lanes.heartbeat_interval):
+            try:
+                lanes.record_heartbeat(trial_id)
+            except DATABASE_ERRORS as error:
+                # The trial goes on; the next beat tries again (and the sweep's own next step reports the outage).
+                log.warning(f"heartbeat of trial {number} not recorded: {first_line(error)}")
 
     thread = threading.Thread(target=beat, name="cnnsweep-heartbeat", daemon=True)
     thread.start()

@@ -5,17 +5,20 @@ it reuses):
 - the study's direction(s) follow `objective` (one name, or several for a Pareto front), and an
   explicit `direction` that contradicts them is refused before any trial;
 - every sampler runs with every search space (the grid splits intervals), seeded per study and trial;
-- every job learns its trial (`hydra.sweeper.trial`) and reports to it each epoch, so the
-  pruner can stop it: such trials are PRUNED, not FAIL (multi-objective trials run unpruned:
-  optuna 2.10 cannot prune them);
-- a sampled model over `budget.max_params` is PRUNED in the sweep's own process, before any job
-  starts, with its parameter count, and does not use up one of the study's n_trials;
+- every job learns its trial (trial N runs as job N: `hydra.job.num`) and reports to it each epoch, so
+  the pruner can stop it: such trials are PRUNED, not FAIL (multi-objective trials run unpruned:
+  Optuna cannot prune them);
+- every sampled model is built in the sweep's own process before any job starts, and its distance to
+  `budget.max_params` is the trial's Optuna constraint (`n_params - max_params`, feasible at <= 0): a
+  model over budget is PRUNED with its positive constraint value, never runs and does not use up one of
+  the study's n_trials, and samplers that read constraints (TPE) learn to avoid that region;
+- the study names its objectives (`set_metric_names`), so the dashboard and plots show them;
 - a job that raises (or diverges) is a FAIL with its error; the sweep goes on until more than
   `max_failure_rate * n_trials` trials of this sweep failed, but stops after the first trial that
   fails on a bad setting every trial shares (missing data, a validation split too large, ...);
-- the study lives in storage (SQLite by default) and `n_trials` is the study's total: rerunning
-  the command continues it, trials left RUNNING by a dead worker are failed and re-queued, and
-  several workers may share one study;
+- the study lives in storage (SQLite by default, any RDB URL, or a journal file) and `n_trials` is the
+  study's total: rerunning the command continues it, trials left RUNNING by a dead worker are failed and
+  re-queued, and several workers may share one study;
 - trials.csv and optimization_results.yaml describe every trial, after every batch, and show the
   storage URL (as the log does) with its password masked;
 - a job that ends without a result (killed, lost, past submitit's timeout) FAILs its trial, and
@@ -35,27 +38,30 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import OmegaConf
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
 from cnnsweep.cli import check_config, one_line
-from cnnsweep.errors import UserError, make
-from cnnsweep.model import OverBudget, check_budget, count_parameters
+from cnnsweep.errors import UserError
+from cnnsweep.model import OverBudget, build_model, check_budget, count_parameters
 from cnnsweep.objectives import checked_directions
 from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, sweep_objectives, write_results
-from cnnsweep.samplers import GridSearch, check_objectives, reseed
+from cnnsweep.samplers import GridSearch, check_objectives, reseed, search_space
 from cnnsweep.signals import Interrupted, stop_requests
 from cnnsweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, password_of, shown_url
 from cnnsweep.study import (
+    BUDGET_CONSTRAINT,
     OVER_BUDGET,
     OWNER,
     REASON,
+    Lanes,
     claim,
     heartbeats,
     n_counted,
@@ -95,22 +101,47 @@ class JobLost(Exception):
     """The trial's job ended without handing back its result (killed, out of memory, its node lost)."""
 
 
-class StudySweeper(OptunaSweeperImpl):
+class StudySweeper:
     """The sweep loop; constructed by hydra_plugins.cnnsweep_sweeper from `hydra.sweeper`."""
 
     def __init__(
         self,
         *,
+        sampler: Any,
         pruner: Any,
+        direction: Any,
+        storage: str,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        params: DictConfig | None,
         heartbeat_interval: int,
         grace_period: int | None,
-        **optuna_sweeper_args: Any,
+        custom_search_space: str | None = None,
     ) -> None:
-        super().__init__(**optuna_sweeper_args)
-        self.pruner = pruner
+        if custom_search_space:
+            raise UserError(
+                "hydra.sweeper.custom_search_space is not supported by cnnsweep's sweeper; "
+                "put the search space in hydra.sweeper.params"
+            )
+        self.sampler, self.pruner, self.direction = sampler, pruner, direction
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = params
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.sweep_dir: Path | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        launcher = config.hydra.runtime.choices.get("hydra/launcher", "")
+        self.in_process = launcher == "basic"  # Hydra's basic launcher runs each job in this process
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        if launcher.startswith("submitit"):
+            one_try_per_job(self.launcher)
 
     def sweep(self, arguments: list[str]) -> None:
         self.sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -121,9 +152,9 @@ class StudySweeper(OptunaSweeperImpl):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Unresolved, as Hydra saves each job's .hydra/: a storage URL read with ${oc.env:...} stays that text here.
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
-        one_try_per_job(self.launcher)
         warn_of_a_typed_password(self.storage, self.config.hydra.overrides.hydra)
         self.rdb = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+        self.lanes = Lanes(self.rdb, self.heartbeat_interval, self.grace_period)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.rdb,
@@ -138,16 +169,18 @@ class StudySweeper(OptunaSweeperImpl):
                 f"{[d.name.lower() for d in study.directions]}, not {self.directions} as objective="
                 f"{self.objectives} asks; choose a new hydra.sweeper.study_name"
             )
-        self.study_id = study._study_id
+        if study.metric_names != self.objectives:
+            study.set_metric_names(self.objectives)  # the dashboard and Optuna's plots show val_acc, n_params
+        self.study_id = self.rdb.get_study_id_from_name(self.study_name)
         log.info(f"study {study.study_name!r} in {shown_url(self.storage)}: {len(study.trials)} trials so far")
         if len(self.objectives) > 1:
-            log.info(f"objectives {self.objectives}: optuna 2.10 cannot prune multi-objective trials; none is pruned")
+            log.info(f"objectives {self.objectives}: Optuna cannot prune multi-objective trials; none is pruned")
 
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
         self.failures, self.stop, self.errors, self.waiting_for = 0, False, [], []
         # Hydra's basic launcher runs jobs in this process, one at a time; other launchers (joblib,
         # submitit) run each lane's trial elsewhere, so a new trial starts as soon as any one ends.
-        lanes = 1 if isinstance(self.launcher, BasicLauncher) else self.n_jobs
+        lanes = 1 if self.in_process else self.n_jobs
         with stop_requests() as self.stop_signal:  # Ctrl-C / SIGTERM: finish the trials in flight, start no more
             if lanes == 1:
                 self._lane()  # in the main thread, where an in-process job can catch signals itself
@@ -187,7 +220,7 @@ class StudySweeper(OptunaSweeperImpl):
                     self._pause()
                     continue
                 trial, overrides = trial_overrides
-                with heartbeats(self.rdb, [trial._trial_id]):
+                with heartbeats(self.lanes, trial.number, self.study_id):
                     job = self._launch(overrides, trial.number)
                 with self.lock:
                     self._finish(self._load(), trial.number, job)
@@ -211,10 +244,12 @@ class StudySweeper(OptunaSweeperImpl):
         try:
             [job] = self.launcher.launch([overrides], initial_job_idx=number)
         except Exception as error:
-            if isinstance(self.launcher, BasicLauncher):
+            if self.in_process:
                 raise  # in this process: not a lost job, a bug
             said = " ".join(line.strip() for line in str(error).splitlines()[:2])  # submitit's: which job, what state
-            return JobReturn(status=JobStatus.FAILED, _return_value=JobLost(said or type(error).__name__))
+            lost = JobReturn(status=JobStatus.FAILED)
+            lost.return_value = JobLost(said or type(error).__name__)
+            return lost
         return job
 
     def _pause(self) -> None:
@@ -233,7 +268,7 @@ class StudySweeper(OptunaSweeperImpl):
         with self.lock:
             while not (self.stop or self.stop_signal.signal_number is not None):
                 study = self._load()  # a fresh view: optuna's cache never re-reads its own trials
-                lost = requeue_lost_trials(study, self.rdb)
+                lost = requeue_lost_trials(study, self.lanes)
                 if lost:
                     log.warning(
                         f"trials {lost} were left RUNNING by a worker that stopped: failed, parameters re-queued"
@@ -246,15 +281,14 @@ class StudySweeper(OptunaSweeperImpl):
                 # number the new trial will most likely get, and again once it is known.
                 reseed(self.sampler, self.seed, self.study_name, len(trials))
                 trial = study.ask()
-                if not claim(study, self.rdb, trial, self.n_trials, self.counts_over_budget):
+                if not claim(study, self.lanes, trial, self.n_trials, self.counts_over_budget):
                     return None  # the remaining places are taken by other workers
                 reseed(self.sampler, self.seed, self.study_name, trial.number)
-                [overrides] = self._configure_trials([trial], self.distributions, self.fixed_params)
+                overrides = configure_trial(trial, self.distributions, self.fixed_params, self.fixed_overrides)
                 if self._over_budget(study, trial, overrides):
                     continue
                 trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
-                per_job = (f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}")
-                return trial, (*overrides, *per_job)
+                return trial, overrides  # launched as job number trial.number: its hydra.job.num and folder
             return None
 
     def _wait_for_others(self, trials: list[optuna.trial.FrozenTrial]) -> object | None:
@@ -282,7 +316,9 @@ class StudySweeper(OptunaSweeperImpl):
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             check_config(cfg)  # unset (???) and unresolvable values, named as a plain run names them
-            n_params = count_parameters(make(cfg.model, _convert_="all"))
+            n_params = count_parameters(build_model(cfg.model))
+            if cfg.budget.max_params is not None:  # feasible at <= 0: how far under the budget it is, too
+                trial.set_constraint(BUDGET_CONSTRAINT, n_params - cfg.budget.max_params)
             check_budget(n_params, cfg.budget.max_params)
             return False
         except OverBudget as error:
@@ -317,14 +353,10 @@ class StudySweeper(OptunaSweeperImpl):
         """The sampler's configured seed (hydra.sweeper.sampler.seed), if any."""
         return self.config.hydra.sweeper.sampler.get("seed")
 
-    def _search_space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _search_space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
         """Distributions and fixed values from hydra.sweeper.params and the command line (as upstream)."""
-        self._process_searchspace_config()
-        distributions, fixed_params = create_params_from_overrides([*self._parse_sweeper_params_config(), *arguments])
-        if self.search_space_distributions:
-            distributions = {**self.search_space_distributions, **distributions}
-        for name in fixed_params:
-            distributions.pop(name, None)
+        params = [f"{key}={value}" for key, value in (self.params or {}).items()]
+        distributions, fixed_params, self.fixed_overrides = search_space([*params, *arguments])
         if isinstance(self.sampler, functools.partial) and self.sampler.func is GridSearch:
             self.sampler = self.sampler(distributions)
             self.n_trials = min(self.n_trials, self.sampler.n_points)
@@ -335,16 +367,17 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> None:
         """Record the job's outcome on its trial (and count it if it failed)."""
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, number)
         attrs = self._job_facts(job)
         values, state, error = None, TrialState.COMPLETE, None
-        if job.status == JobStatus.COMPLETED:
-            returned = job.return_value
+        try:
+            returned = job.return_value  # (raises the job's exception when it failed)
+        except Exception as raised:
+            error = raised
+        else:
             values = [float(v) for v in (returned if isinstance(returned, (list, tuple)) else [returned])]
             if len(values) != len(self.objectives):
                 error = UserError(f"the job returned {len(values)} values for the objectives {self.objectives}")
-        else:
-            error = job._return_value  # the exception the job raised (JobReturn keeps it here)
         if error is not None:
             pruned = isinstance(error, (optuna.TrialPruned, OverBudget))
             state, values = (TrialState.PRUNED if pruned else TrialState.FAIL), None
@@ -356,7 +389,7 @@ class StudySweeper(OptunaSweeperImpl):
                 attrs |= over_budget_facts(error)
             log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
         for key, item in attrs.items():
-            study._storage.set_trial_user_attr(trial_id, key, item)
+            self.rdb.set_trial_user_attr(trial_id, key, item)
         if isinstance(error, Interrupted):  # not the trial's fault: run its parameters again later
             retry_later(study, self.rdb, trial_id, attrs[REASON])
             self.stop = True
@@ -409,11 +442,12 @@ def warn_of_a_typed_password(storage: str, hydra_overrides: list[str]) -> None:
 def one_try_per_job(launcher: Any) -> None:
     """Stop submitit from requeueing a job that reaches hydra.launcher.timeout_min.
 
-    submitit's local executor requeues such a job up to 3 times (SLURM's config: 0): the trial would start
-    over from its first epoch each time, then FAIL anyway. With one try, it FAILs at its first timeout.
+    submitit's local executor requeues such a job up to 3 times (SLURM's config: 0, and a key of its own):
+    the trial would start over from its first epoch each time, then FAIL anyway. With one try, it FAILs at
+    its first timeout. `params` is hydra-submitit-launcher's dict of settings, which it passes to submitit.
     """
-    params = getattr(launcher, "params", None)  # hydra-submitit-launcher's settings, passed on to submitit
-    if getattr(launcher, "_EXECUTOR", None) is not None and isinstance(params, dict):
+    params = getattr(launcher, "params", None)
+    if isinstance(params, dict):
         params.setdefault("max_num_timeout", 0)
 
 
@@ -436,6 +470,26 @@ def tell(study: optuna.Study, number: int, values: list[float] | None, state: Tr
         # study.optimize; the trial's state and values are stored before that.
         if "Study.stop" not in str(stopped):
             raise
+
+
+def configure_trial(
+    trial: optuna.Trial,
+    distributions: dict[str, BaseDistribution],
+    fixed_params: dict[str, Any],
+    fixed_overrides: list[str],
+) -> tuple[str, ...]:
+    """Draw the trial's parameters (Optuna's public suggest_* calls) and return its job's overrides."""
+    for name, distribution in distributions.items():
+        if isinstance(distribution, CategoricalDistribution):
+            trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        elif isinstance(distribution, FloatDistribution):
+            trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        else:  # pragma: no cover - hydra-optuna-sweeper makes only these three
+            raise UserError(f"{name}: a {type(distribution).__name__} cannot be swept")
+    params = {**trial.params, **fixed_params}
+    return (*(f"{name}={value}" for name, value in params.items()), *fixed_overrides)
 
 
 def names_a_parameter(message: str, params: dict[str, Any]) -> bool:

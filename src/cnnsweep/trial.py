@@ -1,8 +1,8 @@
 """The job's side of an Optuna sweep: report the objective every epoch and stop when pruned.
 
-cnnsweep's sweeper tells each job its trial number through the per-job override
-`hydra.sweeper.trial=N`; the job opens the study from `hydra.sweeper.storage` and
-`hydra.sweeper.study_name` and reports to its own trial there, so pruning works with every
+cnnsweep's sweeper launches trial N as job number N, so each job knows its trial from `hydra.job.num`
+(Hydra 1.4 lets no job change `hydra.sweeper.*`); the job opens the study from `hydra.sweeper.storage`
+and `hydra.sweeper.study_name` and reports to its own trial there, so pruning works with every
 launcher (in-process, joblib, submitit) and across machines sharing one storage. The job reads the
 storage URL itself (a `${oc.env:...}` one from its own environment) and, like the sweeper, waits out a
 database that is briefly unreachable (cnnsweep.storage) before it gives up on its trial.
@@ -14,9 +14,9 @@ import logging
 from typing import Any
 
 import optuna
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cnnsweep.errors import make
 from cnnsweep.study import open_storage
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,18 @@ class TrialReporter:
 
 def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
     """The reporter for this job's trial, or None when the job is not a cnnsweep Optuna trial."""
+    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import PRUNER_TARGETS, TARGET
+
     sweeper: Any = hydra_cfg.get("sweeper")
-    if sweeper is None or sweeper.get("trial") is None:
+    if sweeper is None or sweeper.get("_target_") != TARGET:
         return None
+    number = int(hydra_cfg.job.num)
     storage = open_storage(sweeper.storage)
-    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    pruner = make(sweeper.pruner, _execution_whitelist_=PRUNER_TARGETS) if sweeper.get("pruner") else None
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
     if len(study.directions) > 1:
-        return None  # optuna 2.10 cannot prune multi-objective trials (the sweeper says so once)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, sweeper.trial)
-    log.info(f"reporting to trial {sweeper.trial} of study {sweeper.study_name!r}")
+        return None  # Optuna cannot prune multi-objective trials (the sweeper says so once)
+    study_id = storage.get_study_id_from_name(sweeper.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    log.info(f"reporting to trial {number} of study {sweeper.study_name!r}")
     return TrialReporter(optuna.trial.Trial(study, trial_id))

@@ -2,8 +2,9 @@
 
 Its config is hydra-optuna-sweeper's (sampler, direction, storage, study_name, n_trials, n_jobs,
 max_failure_rate, params, ...) with different defaults and a few more keys; the loop itself is
-cnnsweep.sweep.StudySweeper. Hydra imports this module when it scans for plugins, so it stays
-light: optuna and torch are imported only when a sweep starts.
+cnnsweep.sweep.StudySweeper. Hydra finds the class through the `hydra.plugins` entry point in
+pyproject.toml (Hydra 1.4's way; scanning the hydra_plugins namespace is deprecated) and imports this
+module then, so it stays light: optuna and torch are imported only when a sweep starts.
 """
 
 import sys
@@ -13,11 +14,17 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import GridSamplerConfig, OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.config import GridSamplerConfig, OptunaSweeperConf, TPESamplerConfig
 from omegaconf import MISSING, DictConfig
 
 # OmegaConf reads these annotations at runtime: keep typing's Optional/List forms.
 # ruff: noqa: UP006, UP007, UP035, UP045
+
+
+# What a sweep's sampler and pruner configs may build (Hydra 1.4 instantiates only whitelisted targets).
+SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*", "cnnsweep.samplers.*")
+PRUNER_TARGETS = ("optuna.pruners.*",)
+TARGET = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"  # jobs tell a cnnsweep sweep by it
 
 
 @dataclass
@@ -62,6 +69,25 @@ class NopPrunerConf:
 
 
 @dataclass
+class TPEConf(TPESamplerConfig):
+    """`hydra/sweeper/sampler=tpe` (the default) with Optuna 5's own defaults for parallel workers, which
+    hydra-optuna-sweeper's config turns off: multivariate (a joint density over the parameters, so widths
+    that only fit the budget together are drawn together) and constant_liar (a running trial counts as a
+    bad result, so lanes asking at the same moment do not draw the same region). Measured in README, Sweeps."""
+
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+@dataclass
+class MotpeRemovedConf:
+    """`hydra/sweeper/sampler=motpe` is refused in one line: Optuna 4 removed MOTPE (TPE takes several objectives)."""
+
+    _target_: str = "cnnsweep.samplers.motpe_removed"
+    seed: Optional[int] = None  # (the searches set it: the refusal, not a composition error, is what is said)
+
+
+@dataclass
 class GridConf(GridSamplerConfig):
     """`hydra/sweeper/sampler=grid`: every combination of the parameters' values, with any search space."""
 
@@ -72,14 +98,15 @@ class GridConf(GridSamplerConfig):
 
 @dataclass
 class CnnsweepSweeperConf(OptunaSweeperConf):
-    _target_: str = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"
+    _target_: str = TARGET
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     pruner: Any = MISSING
     # null: each objective's own (accuracies maximised, losses, n_params and train_seconds minimised);
     # an explicit direction (or list) that contradicts the objective is refused before any trial.
     direction: Any = None
-    # The study persists here, so rerunning the same command continues it. Any SQLAlchemy URL
-    # works: postgresql://user:password@host/db lets workers on several machines share a study.
+    # The study persists here, so rerunning the same command continues it. Any SQLAlchemy URL works
+    # (postgresql://user:password@host/db lets workers on several machines share a study), and so does
+    # journal:///abs/path/study.log: Optuna's JournalStorage, one file, no database server.
     storage: Optional[Any] = "sqlite:///${hydra.sweep.dir}/optuna.db"
     study_name: Optional[str] = "cnnsweep"
     n_trials: int = 20  # trials in the whole study, across restarts and workers
@@ -89,22 +116,34 @@ class CnnsweepSweeperConf(OptunaSweeperConf):
     max_failure_rate: float = 0.25
     heartbeat_interval: int = 60  # seconds between "still running" marks on each running trial
     grace_period: Optional[int] = None  # seconds without a mark before a trial counts as lost (2x interval)
-    trial: Optional[int] = None  # set per job by the sweeper: the job's trial number
+    # (Each job's trial number is its hydra.job.num: the sweeper launches trial N as job N. Hydra 1.4 lets no
+    # job change hydra.sweeper.*, so it can no longer be a per-job override.)
 
 
 class CnnsweepSweeper(Sweeper):
     """Thin Hydra plugin class; the work happens in cnnsweep.sweep.StudySweeper."""
 
-    def __init__(self, trial: Optional[int] = None, **settings: Any) -> None:
+    def __init__(self, sampler: Any, pruner: Any, **settings: Any) -> None:
+        from cnnsweep.errors import UserError, make
         from cnnsweep.sweep import StudySweeper
 
-        self.sweeper = StudySweeper(**settings)
+        # Hydra 1.4 hands a plugin its config unbuilt (_recursive_=False): the sampler and pruner are made here.
+        # A sampler refused in one line (motpe) is said when the sweep starts, where errors are one line.
+        self.refused: UserError | None = None
+        try:
+            sampler = make(sampler, _execution_whitelist_=SAMPLER_TARGETS)
+        except UserError as error:
+            self.refused, sampler = error, None
+        pruner = make(pruner, _execution_whitelist_=PRUNER_TARGETS)
+        self.sweeper = StudySweeper(sampler=sampler, pruner=pruner, **settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> None:
         try:
+            if self.refused is not None:
+                raise self.refused
             self.sweeper.sweep(arguments)
         except Exception as error:
             ending = self.sweeper.ending(error)
@@ -117,9 +156,12 @@ class CnnsweepSweeper(Sweeper):
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="cnnsweep", node=CnnsweepSweeperConf, provider="cnnsweep")
-# Replaces hydra-optuna-sweeper's `grid` (whose config module is imported above, so its own entry is
-# stored first): theirs cannot split intervals, so it ran with no search space that has one.
-store.store(group="hydra/sweeper/sampler", name="grid", node=GridConf, provider="cnnsweep")
+# Replace hydra-optuna-sweeper's `grid`, `tpe` and `motpe` (whose config module is imported above, so its own
+# entries are stored first): its grid cannot split intervals, so it ran with no search space that has one; its
+# TPE turns off multivariate and constant_liar; its motpe raises a ValueError with a traceback.
+store.store(group="hydra/sweeper/sampler", name="grid", replace=True, node=GridConf, provider="cnnsweep")
+store.store(group="hydra/sweeper/sampler", name="tpe", replace=True, node=TPEConf, provider="cnnsweep")
+store.store(group="hydra/sweeper/sampler", name="motpe", replace=True, node=MotpeRemovedConf, provider="cnnsweep")
 for name, node in (
     ("median", MedianPrunerConf),
     ("percentile", PercentilePrunerConf),

@@ -35,7 +35,7 @@ class ConvNet(nn.Module):
     """Conv blocks and 2x2 max pools in the order `layout` gives, then a linear classifier.
 
     `widths` holds the output channels of each convolution in layout order. The forward pass
-    returns logits (see MODEL_CONTRACT). With dropout 0 the blocks hold no dropout layer.
+    returns logits (the model contract above). With dropout 0 the blocks hold no dropout layer.
     """
 
     def __init__(

@@ -149,6 +149,13 @@ class Wide(nn.Module):
         return logits.softmax(1) if self.softmax else logits
 
 
+class Pair(nn.Module):
+    """Returns its input twice, as a model with an auxiliary output would."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
 def test_a_model_that_keeps_the_contract_passes_the_output_check_untouched():
     model = Wide(10)
     before = {key: value.clone() for key, value in model.state_dict().items()}
@@ -172,6 +179,8 @@ def test_a_model_whose_outputs_do_not_fit_the_data_is_refused_in_one_line(caplog
         r"data.image_size\): running_mean should contain 3072 elements not 784",
     ):
         check_outputs(Wide(10), "mynet.Wide", 3, 32, 10)
+    with pytest.raises(UserError, match=r"returns a tuple for a batch of 2 images of 1x28x28; it should return one"):
+        check_outputs(nn.Sequential(Wide(10), Pair()), "mynet.Pair", 1, 28, 10)
     with caplog.at_level("WARNING"):
         check_outputs(Wide(10, softmax=True), "mynet.Wide", 1, 28, 10)  # probabilities: trains, but wrongly
     assert "seems to return probabilities" in caplog.text and "return the values before the softmax" in caplog.text

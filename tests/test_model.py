@@ -4,7 +4,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnsweep.errors import UserError, make
-from cnnsweep.model import ConvNet, Dropout, OverBudget, check_budget, check_outputs, count_parameters
+from cnnsweep.model import ConvNet, Dropout, OverBudget, build_model, check_budget, check_outputs, count_parameters
 from cnnsweep.run import models_that_fit
 from cnnsweep.schema import CONF_DIR, ConfigOptions
 
@@ -184,3 +184,18 @@ def test_a_model_whose_outputs_do_not_fit_the_data_is_refused_in_one_line(caplog
     with caplog.at_level("WARNING"):
         check_outputs(Wide(10, softmax=True), "mynet.Wide", 1, 28, 10)  # probabilities: trains, but wrongly
     assert "seems to return probabilities" in caplog.text and "return the values before the softmax" in caplog.text
+
+
+def test_a_model_target_that_does_not_import_is_one_line_naming_why():
+    with pytest.raises(UserError) as missing:
+        build_model({"_target_": "mynet.MyNet", "width": 8})
+    assert str(missing.value) == (
+        "_target_: mynet.MyNet cannot be imported (no module named 'mynet'); put its module in the folder you "
+        "run train.py from, or on PYTHONPATH, or install it"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^_target_: cnnsweep.model.ConvNett cannot be imported \(module "
+        r"cnnsweep.model has no 'ConvNett'\); check the name$",
+    ):
+        build_model({"_target_": "cnnsweep.model.ConvNett"})

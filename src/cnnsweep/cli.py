@@ -9,7 +9,6 @@ which every job repeats on the config Hydra composed for it (sweeps, `--config-d
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from cnnsweep.errors import UserError
@@ -91,9 +90,7 @@ def check_config(cfg: DictConfig) -> None:
     """UserError naming every mandatory value (???) the config leaves unset, or the first value that
     cannot be resolved (an interpolation to a key that does not exist, a folder that is not there).
     The `hydra` node, if present, is Hydra's own and not checked."""
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        job.pop("hydra", None)
+    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     unset = missing_values(OmegaConf.to_container(job, resolve=False))
     if unset:
         are = "is not set" if len(unset) == 1 else "are not set"

@@ -331,8 +331,10 @@ class ImageFolderData(ImageData):
         return len(samples[True]), len(samples[False])
 
     def describe(self) -> str:
-        named = ", ".join(self._classes[:8]) + (", ..." if len(self._classes) > 8 else "") if self._classes else ""
-        return f"{super().describe()}: {named}" if named else super().describe()
+        if not self._classes:  # not read yet
+            return super().describe()
+        named = ", ".join(self._classes[:8]) + (", ..." if len(self._classes) > 8 else "")
+        return f"{super().describe()}: {named}"
 
     def _split_samples(self) -> dict[bool, list[tuple[str, int]]]:
         """(path, class index) of every training and test image, found once."""

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from cnnsweep.cli import check_config, precheck, resumed_run
 from cnnsweep.errors import RUN_TARGETS, UserError
 from cnnsweep.schema import ConfigOptions
-from cnnsweep.signals import Interrupted
+from cnnsweep.train.signals import Interrupted
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 # Your own model classes (`_target_: mynet.MyNet`) are found in the folder you run from, as they would
@@ -28,8 +28,8 @@ sys.path.append(os.getcwd())
 @hydra.main(config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # torch is imported here, after the precheck: a bad override is refused without waiting for it (3 s)
-    from cnnsweep.loop import Diverged
-    from cnnsweep.run import train
+    from cnnsweep.train.loop import Diverged
+    from cnnsweep.train.run import train
 
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> float:
         # In a cnnsweep Optuna sweep the job reports to its trial each epoch, so it can be pruned.
         reporter = None
         if sweeping:
-            from cnnsweep.trial import connect_trial  # imports optuna: 2.5 s a plain run need not wait for
+            from cnnsweep.sweep.trial import connect_trial  # imports optuna: 2.5 s a plain run need not wait for
 
             reporter = connect_trial(hydra_cfg)
         return train(cfg, run_dir, reporter, options=options)

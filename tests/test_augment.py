@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cnnsweep.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation, affine, rotate
 from cnnsweep.errors import UserError
+from cnnsweep.train.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation, affine, rotate
 
 
 def digits(n: int = 8) -> torch.Tensor:

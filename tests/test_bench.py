@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from cnnsweep.bench import format_table
-from cnnsweep.machine import machine_facts, machine_label
+from cnnsweep.tools.bench import format_table
+from cnnsweep.train.machine import machine_facts, machine_label
 
 
 def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
@@ -50,7 +50,7 @@ def test_bench_refuses_an_unknown_variant():
 def test_bench_refuses_the_classic_pipeline_on_data_it_cannot_read():
     result = subprocess.run([sys.executable, "-m", "cnnsweep.bench", "data=cifar10"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "the classic variant reads MNIST-like data only, not cnnsweep.data.CIFAR10Data" in result.stderr
+    assert "the classic variant reads MNIST-like data only, not cnnsweep.train.data.CIFAR10Data" in result.stderr
 
 
 def test_the_private_dynamo_setting_the_bench_raises_still_exists():

@@ -21,9 +21,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from postgres import running_server
 
-from cnnsweep.storage import StorageUnavailable
-from cnnsweep.study import open_storage
-from cnnsweep.trial import connect_trial
+from cnnsweep.sweep.storage import StorageUnavailable
+from cnnsweep.sweep.study import open_storage
+from cnnsweep.sweep.trial import connect_trial
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
 from conftest import REPO
@@ -282,7 +282,7 @@ def test_submitit_jobs_get_one_try_before_timing_out(submitit):
     max_num_timeout on to submitit's executor."""
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
-    from cnnsweep.sweep import one_try_per_job
+    from cnnsweep.sweep.sweeper import one_try_per_job
 
     launcher = LocalLauncher(submitit_folder="unused", timeout_min=1)
     assert launcher.params["timeout_min"] == 1

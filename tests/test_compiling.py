@@ -11,12 +11,12 @@ import torch
 from test_model import SEED_LAYOUT, SEED_WIDTHS
 from test_reliability import metrics, summary, train_py, wait_for_rows
 
-from cnnsweep import compiling
-from cnnsweep.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
-from cnnsweep.data import Split
-from cnnsweep.evaluate import evaluate_checkpoint
-from cnnsweep.loop import Trainer
-from cnnsweep.model import ConvNet, Dropout
+from cnnsweep.tools.evaluate import evaluate_checkpoint
+from cnnsweep.train import compiling
+from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
+from cnnsweep.train.data import Split
+from cnnsweep.train.loop import Trainer
+from cnnsweep.train.model import ConvNet, Dropout
 
 from conftest import tiny_overrides
 
@@ -147,7 +147,7 @@ def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path)
 
 
 def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
-    from cnnsweep.run import train
+    from cnnsweep.train.run import train
 
     from conftest import compose_train
 
@@ -159,7 +159,7 @@ def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
 
 
 def test_a_resumed_run_trains_as_it_began_whatever_auto_would_say_now(tiny_mnist, tmp_path, cache, monkeypatch):
-    from cnnsweep.run import train
+    from cnnsweep.train.run import train
 
     from conftest import compose_train
 

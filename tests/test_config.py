@@ -5,11 +5,11 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from cnnsweep.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation
-from cnnsweep.data import ImageData
-from cnnsweep.loop import Trainer
-from cnnsweep.model import check_budget, count_parameters
 from cnnsweep.schema import compose_config
+from cnnsweep.train.augment import NoAugmentation, RandomAffine, RandomCropFlip, RandomRotation
+from cnnsweep.train.data import ImageData
+from cnnsweep.train.loop import Trainer
+from cnnsweep.train.model import check_budget, count_parameters
 
 from conftest import CONF, compose_train
 

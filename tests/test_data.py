@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cnnsweep.cli import check_config
-from cnnsweep.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
 from cnnsweep.errors import UserError, make
+from cnnsweep.train.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
 
 from conftest import compose_train, write_cifar10, write_image_folder
 
@@ -233,7 +233,7 @@ def test_data_that_would_not_fit_is_refused_before_reading(tiny_image_folder, ti
     message = str(error.value)
     assert message.startswith(f"image folder {tiny_image_folder} would need 720.0 TB (120 images of 3x1000000x1000000")
     assert "this machine's free memory is" in message and "\n" not in message
-    monkeypatch.setattr("cnnsweep.data.available_bytes", lambda device: 1_000_000)
+    monkeypatch.setattr("cnnsweep.train.data.available_bytes", lambda device: 1_000_000)
     with pytest.raises(
         UserError, match=r"MNIST would need 1.3 MB \(800 images of 1x28x28 as uint8\) but this .* is 1.0 MB"
     ):

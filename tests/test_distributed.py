@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from postgres import throwaway_server
 
-from cnnsweep.study import Lanes, open_storage, requeue_lost_trials
+from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
 
 from conftest import REPO
 

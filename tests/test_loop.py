@@ -8,8 +8,8 @@ from test_model import SEED_LAYOUT, SEED_WIDTHS
 from torch import nn
 
 from cnnsweep.errors import UserError
-from cnnsweep.loop import Trainer
-from cnnsweep.model import ConvNet
+from cnnsweep.train.loop import Trainer
+from cnnsweep.train.model import ConvNet
 
 
 def trainer(**changes) -> Trainer:
@@ -34,7 +34,7 @@ def one_step(chosen: Trainer) -> tuple[torch.nn.Module, float]:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
     step = chosen.train_step(model, model, optimizer, scheduler, lambda images: images, batch_size=16)
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    from cnnsweep.data import Split
+    from cnnsweep.train.data import Split
 
     loss_sum, correct = step(Split(images, torch.arange(16) % 10))
     assert 0 <= int(correct) <= 16
@@ -105,7 +105,7 @@ class Counting(torch.nn.Module):
 
 
 def test_full_batches_go_through_the_compiled_module_and_the_last_smaller_one_through_the_model():
-    from cnnsweep.data import Split
+    from cnnsweep.train.data import Split
 
     model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)
     compiled = Counting(model)
@@ -120,7 +120,7 @@ def test_full_batches_go_through_the_compiled_module_and_the_last_smaller_one_th
 def test_a_model_returning_log_probabilities_trains_exactly_as_its_logits_twin():
     """The loss is cross-entropy on logits; log-softmax leaves log-probabilities as they are, so a model
     that returns them (as the seed network once did) takes the same steps, label smoothing included."""
-    from cnnsweep.data import Split
+    from cnnsweep.train.data import Split
 
     losses = {}
     for name, last in (("logits", nn.Identity()), ("log_probs", nn.LogSoftmax(dim=1))):
@@ -138,7 +138,7 @@ def test_a_model_returning_log_probabilities_trains_exactly_as_its_logits_twin()
 
 
 def test_weight_average_warms_up_then_decays_at_its_rate():
-    from cnnsweep.loop import ema_update
+    from cnnsweep.train.loop import ema_update
 
     update = ema_update(0.9)
     average, current = [torch.zeros(3), torch.zeros((), dtype=torch.long)], [torch.ones(3), torch.tensor(7)]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnsweep import machine
-from cnnsweep.machine import choose_precision, machine_facts, machine_label
-from cnnsweep.run import train
+from cnnsweep.train import machine
+from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
+from cnnsweep.train.run import train
 
 from conftest import compose_train, tiny_overrides
 
@@ -120,7 +120,7 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_mnist, tmp_path, m
 
 
 def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_mnist, tmp_path):
-    from cnnsweep.evaluate import evaluate_checkpoint
+    from cnnsweep.tools.evaluate import evaluate_checkpoint
 
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path)
     recorded = (tmp_path / "metrics.csv").read_text().splitlines()

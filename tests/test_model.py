@@ -4,9 +4,17 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnsweep.errors import UserError, make
-from cnnsweep.model import ConvNet, Dropout, OverBudget, build_model, check_budget, check_outputs, count_parameters
-from cnnsweep.run import models_that_fit
 from cnnsweep.schema import CONF_DIR, ConfigOptions
+from cnnsweep.train.model import (
+    ConvNet,
+    Dropout,
+    OverBudget,
+    build_model,
+    check_budget,
+    check_outputs,
+    count_parameters,
+)
+from cnnsweep.train.run import models_that_fit
 
 from conftest import compose_train
 
@@ -195,7 +203,7 @@ def test_a_model_target_that_does_not_import_is_one_line_naming_why():
     )
     with pytest.raises(
         UserError,
-        match=r"^_target_: cnnsweep.model.ConvNett cannot be imported \(module "
-        r"cnnsweep.model has no 'ConvNett'\); check the name$",
+        match=r"^_target_: cnnsweep.train.model.ConvNett cannot be imported \(module "
+        r"cnnsweep.train.model has no 'ConvNett'\); check the name$",
     ):
-        build_model({"_target_": "cnnsweep.model.ConvNett"})
+        build_model({"_target_": "cnnsweep.train.model.ConvNett"})

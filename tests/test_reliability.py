@@ -20,7 +20,7 @@ import yaml
 
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
-from cnnsweep.run import train
+from cnnsweep.train.run import train
 
 from conftest import REPO, compose_train, tiny_overrides
 

@@ -160,7 +160,7 @@ def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_
 
 
 def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
-    from cnnsweep.report import format_seed_groups, seed_groups
+    from cnnsweep.tools.report import format_seed_groups, seed_groups
 
     def row(overrides, test_acc, state="completed"):
         return {"state": state, "overrides": overrides, "test_acc": test_acc, "value": test_acc, "duration_s": 10.0}
@@ -182,7 +182,7 @@ def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
 def test_misclassified_grid_draws_colour_images_in_colour(tmp_path):
     import torch
 
-    from cnnsweep.plots import digit_grid
+    from cnnsweep.tools.plots import digit_grid
 
     images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     images[0, 0], images[1, 2] = 255, 255  # one pure red, one pure blue image

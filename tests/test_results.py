@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from cnnsweep.artifacts import parse_value
-from cnnsweep.results import pareto_rows
+from cnnsweep.sweep.results import pareto_rows
 
 from conftest import REPO, compose_train
 
@@ -131,7 +131,7 @@ def readme_text() -> str:
 
 
 def test_every_stored_figure_names_its_machine():
-    from cnnsweep.machine import machine_label
+    from cnnsweep.train.machine import machine_label
 
     for path in sorted(BENCH.glob("*/*.json")):
         report = json.loads(path.read_text())
@@ -145,7 +145,7 @@ def test_every_stored_figure_names_its_machine():
 
 
 def test_readmes_bench_table_is_the_stored_measurement():
-    from cnnsweep.bench import format_table
+    from cnnsweep.tools.bench import format_table
 
     reports = [stored(machine, "cpu.json") for machine in MACHINES]
     text = (REPO / "README.md").read_text()
@@ -162,7 +162,7 @@ def test_readmes_bench_table_is_the_stored_measurement():
 
 
 def test_readmes_time_to_99_4_tables_are_the_stored_measurements():
-    from cnnsweep.runbench import runs_table
+    from cnnsweep.tools.runbench import runs_table
 
     text = readme_text()
     for kind in ("runs_warm", "runs_cold"):
@@ -190,7 +190,7 @@ def test_readmes_time_to_99_4_tables_are_the_stored_measurements():
 
 
 def test_readmes_sweep_throughput_is_the_stored_measurement():
-    from cnnsweep.runbench import sweep_table
+    from cnnsweep.tools.runbench import sweep_table
 
     report = stored("xeon_amx", "sweep.json")
     text = " ".join((REPO / "README.md").read_text().split())

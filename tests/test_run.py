@@ -10,11 +10,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError
-from cnnsweep.loop import evaluate
 from cnnsweep.objectives import resolve_objective
-from cnnsweep.run import train
+from cnnsweep.train.data import to_unit
+from cnnsweep.train.loop import evaluate
+from cnnsweep.train.run import train
 
 from conftest import REPO, compose_train, tiny_overrides, with_plain_net
 
@@ -137,7 +137,7 @@ def test_two_epochs_on_real_fashion_mnist_learn(real_fashion_mnist, tmp_path):
         "trainer.epochs=2", "scheduler=cosine",
     )  # fmt: skip
     cfg = compose_train(overrides)
-    assert cfg.augmentation._target_ == "cnnsweep.augment.RandomCropFlip"
+    assert cfg.augmentation._target_ == "cnnsweep.train.augment.RandomCropFlip"
     assert cfg.data.dataset == "FashionMNIST" and train(cfg, tmp_path) > 0.55
 
 
@@ -182,7 +182,7 @@ def test_the_seed_network_on_cifar10_is_refused_in_one_line_naming_models_that_f
 @pytest.mark.parametrize("own_model", [False, True], ids=["convnet", "own_model"])
 def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist, tmp_path, own_model):
     """Also for a model class of the user's own (README, Bring your own model)."""
-    from cnnsweep.evaluate import evaluate_checkpoint
+    from cnnsweep.tools.evaluate import evaluate_checkpoint
 
     recipe = ("data.val_size=88", "trainer.ema_decay=0.9", "trainer.label_smoothing=0.1")  # 4 batches/epoch
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from cnnsweep.machine import machine_facts, machine_label
-from cnnsweep.runbench import runs_table
+from cnnsweep.tools.runbench import runs_table
+from cnnsweep.train.machine import machine_facts, machine_label
 
 
 def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):

@@ -11,8 +11,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from cnnsweep.errors import UserError
 from cnnsweep.objectives import checked_directions
-from cnnsweep.results import sweep_objectives
-from cnnsweep.samplers import (
+from cnnsweep.schema import CONF_DIR, compose_config
+from cnnsweep.sweep.results import sweep_objectives
+from cnnsweep.sweep.samplers import (
     INNER_SAMPLERS,
     RNG_ATTRIBUTES,
     GridSearch,
@@ -21,8 +22,7 @@ from cnnsweep.samplers import (
     reseed,
     search_space,
 )
-from cnnsweep.schema import CONF_DIR, compose_config
-from cnnsweep.sweep import configure_trial
+from cnnsweep.sweep.sweeper import configure_trial
 
 SAMPLERS = ("tpe", "random", "gp", "qmc", "cmaes", "nsgaii", "nsgaiii", "grid")
 LEARNING = ("tpe", "gp")  # samplers with startup trials before their own model: n_startup_trials=3 below

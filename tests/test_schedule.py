@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cnnsweep.errors import UserError
-from cnnsweep.schedule import cosine_lr, one_cycle_lr, step_lr
+from cnnsweep.train.schedule import cosine_lr, one_cycle_lr, step_lr
 
 
 def sgd(lr: float = 0.025) -> torch.optim.Optimizer:

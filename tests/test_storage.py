@@ -14,8 +14,8 @@ import sqlalchemy
 from postgres import free_port
 
 from cnnsweep.errors import UserError
-from cnnsweep.storage import StorageUnavailable, shown_url
-from cnnsweep.study import BEAT, OWNER, Lanes, open_storage, requeue_lost_trials
+from cnnsweep.sweep.storage import StorageUnavailable, shown_url
+from cnnsweep.sweep.study import BEAT, OWNER, Lanes, open_storage, requeue_lost_trials
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_a_database_that_never_answers_is_given_up_in_one_line_naming_it_without
     url = f"postgresql://cnnsweep:s3cret@127.0.0.1:{port}/sweeps"
     sqlalchemy.create_engine(url).dispose()  # import the driver first (about 1 s on a busy machine): time the waits
     began = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="cnnsweep.storage"), pytest.raises(StorageUnavailable) as raised:
+    with caplog.at_level(logging.WARNING, logger="cnnsweep.sweep.storage"), pytest.raises(StorageUnavailable) as raised:
         open_storage(url, patience_s=2)
     gave_up_s = time.monotonic() - began
 

@@ -15,8 +15,8 @@ import optuna
 import pytest
 import yaml
 
-from cnnsweep.model import ConvNet, count_parameters
-from cnnsweep.results import folder_rows
+from cnnsweep.sweep.results import folder_rows
+from cnnsweep.train.model import ConvNet, count_parameters
 
 from conftest import REPO
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import json
 import os
@@ -24,6 +25,23 @@ import yaml
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended, as summary.json's `status` says it (its value is the word written there)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    RUNNING = "running"  # not ended yet (or killed outright, e.g. SIGKILL)
+    COMPLETED = "completed"
+    OVER_BUDGET = "over_budget"  # the model had more parameters than budget.max_params: never trained
+    PRUNED = "pruned"  # the sweep's pruner stopped it
+    DIVERGED = "diverged"  # a loss became NaN or infinite
+    FAILED = "failed"  # any other error
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: stopped after a batch, resumable
+
+
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
 os.umask(_UMASK)  # ... and put it straight back
 

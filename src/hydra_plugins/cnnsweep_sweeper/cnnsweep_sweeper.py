@@ -2,7 +2,7 @@
 
 Its config is hydra-optuna-sweeper's (sampler, direction, storage, study_name, n_trials, n_jobs,
 max_failure_rate, params, ...) with different defaults and a few more keys; the loop itself is
-cnnsweep.sweep.StudySweeper. Hydra finds the class through the `hydra.plugins` entry point in
+cnnsweep.sweep.sweeper.StudySweeper. Hydra finds the class through the `hydra.plugins` entry point in
 pyproject.toml (Hydra 1.4's way; scanning the hydra_plugins namespace is deprecated) and imports this
 module then, so it stays light: optuna and torch are imported only when a sweep starts.
 """
@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig
 
 
 # What a sweep's sampler and pruner configs may build (Hydra 1.4 instantiates only whitelisted targets).
-SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*", "cnnsweep.samplers.*")
+SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*", "cnnsweep.sweep.samplers.*")
 PRUNER_TARGETS = ("optuna.pruners.*",)
 TARGET = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"  # jobs tell a cnnsweep sweep by it
 
@@ -83,7 +83,7 @@ class TPEConf(TPESamplerConfig):
 class MotpeRemovedConf:
     """`hydra/sweeper/sampler=motpe` is refused in one line: Optuna 4 removed MOTPE (TPE takes several objectives)."""
 
-    _target_: str = "cnnsweep.samplers.motpe_removed"
+    _target_: str = "cnnsweep.sweep.samplers.motpe_removed"
     seed: Optional[int] = None  # (the searches set it: the refusal, not a composition error, is what is said)
 
 
@@ -91,7 +91,7 @@ class MotpeRemovedConf:
 class GridConf(GridSamplerConfig):
     """`hydra/sweeper/sampler=grid`: every combination of the parameters' values, with any search space."""
 
-    _target_: str = "cnnsweep.samplers.GridSearch"
+    _target_: str = "cnnsweep.sweep.samplers.GridSearch"
     interval_points: int = 3  # values an interval(...) is split into (geometric for tag(log, ...)); ints too
     seed: Optional[int] = None  # orders the grid's points
 
@@ -121,11 +121,11 @@ class CnnsweepSweeperConf(OptunaSweeperConf):
 
 
 class CnnsweepSweeper(Sweeper):
-    """Thin Hydra plugin class; the work happens in cnnsweep.sweep.StudySweeper."""
+    """Thin Hydra plugin class; the work happens in cnnsweep.sweep.sweeper.StudySweeper."""
 
     def __init__(self, sampler: Any, pruner: Any, **settings: Any) -> None:
         from cnnsweep.errors import UserError, make
-        from cnnsweep.sweep import StudySweeper
+        from cnnsweep.sweep.sweeper import StudySweeper
 
         # Hydra 1.4 hands a plugin its config unbuilt (_recursive_=False): the sampler and pruner are made here.
         # A sampler refused in one line (motpe) is said when the sweep starts, where errors are one line.

@@ -6,7 +6,7 @@
 
 `runs`: each recipe once per seed, one run at a time, as `python train.py OVERRIDES seed=N`; the wall
 time of the whole process (start-up, data, compile warm-up, training, evaluation) and the final test
-accuracy. `--compile-cache shared` (the default) uses the cache every run shares (cnnsweep.compiling);
+accuracy. `--compile-cache shared` (the default) uses the cache every run shares (cnnsweep.train.compiling);
 `warm` too, after one untimed run of each recipe that fills it; `cold` gives every run an empty one.
 `sweep`: each variant runs `python train.py --multirun OVERRIDES VARIANT` in a fresh sweep folder with
 an empty compile cache (what a machine's first sweep meets); its wall time, and trials (completed or
@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.bench import aligned, named
-from cnnsweep.compiling import CACHE_ENV
-from cnnsweep.machine import machine_facts, machine_label
 from cnnsweep.schema import CONF_DIR
+from cnnsweep.tools.bench import aligned, named
+from cnnsweep.train.compiling import CACHE_ENV
+from cnnsweep.train.machine import machine_facts, machine_label
 
 TRAIN_PY = CONF_DIR.parent / "train.py"
 

@@ -5,7 +5,7 @@ cnnsweep's sweeper launches trial N as job number N, so each job knows its trial
 and `hydra.sweeper.study_name` and reports to its own trial there, so pruning works with every
 launcher (in-process, joblib, submitit) and across machines sharing one storage. The job reads the
 storage URL itself (a `${oc.env:...}` one from its own environment) and, like the sweeper, waits out a
-database that is briefly unreachable (cnnsweep.storage) before it gives up on its trial.
+database that is briefly unreachable (cnnsweep.sweep.storage) before it gives up on its trial.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
-from cnnsweep.study import open_storage
+from cnnsweep.sweep.study import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 class Pruned(optuna.TrialPruned):
     """The pruner stopped this trial."""
 
-    run_status = "pruned"  # summary.json status of a run stopped by this error
+    run_status = RunStatus.PRUNED  # how a run stopped by this error ends
 
 
 class TrialReporter:

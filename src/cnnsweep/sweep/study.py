@@ -8,7 +8,7 @@ the workers' clocks: keep them in step, as NTP does). A trial left RUNNING by a 
 process on this host is gone, its heartbeat is stale, or it never got an owner) is marked FAIL and its
 parameters are queued again through Optuna's RetryHeartbeatStaleTrialCallback (the retry's system attr
 `failed_trial` names the first trial of its chain), so the study's total of trials is still reached. A
-database server that is briefly unreachable is waited for (cnnsweep.storage).
+database server that is briefly unreachable is waited for (cnnsweep.sweep.storage).
 
 Why not Optuna's own `fail_stale_trials(study)`: it fails a trial first and lets the callback mark and
 re-queue it after, and Optuna refuses to mark a finished trial: a worker that died between the two would
@@ -41,7 +41,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
-from cnnsweep.storage import (
+from cnnsweep.sweep.storage import (
     DATABASE_ERRORS,
     JOURNAL,
     PATIENCE_S,
@@ -81,7 +81,7 @@ def open_storage(
     MySQL), creating a SQLite or journal file's folder.
 
     A database server that is unreachable (now or later, while the storage is in use) is waited for
-    up to `patience_s` seconds (cnnsweep.storage); then StorageUnavailable, in one line. A database of
+    up to `patience_s` seconds (cnnsweep.sweep.storage); then StorageUnavailable, in one line. A database of
     an older Optuna's schema (optuna 2.10's optuna.db) is refused in one line naming the upgrade.
     """
     if url.startswith(JOURNAL):

@@ -12,13 +12,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cnnsweep.artifacts import RunStatus
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
     """The run or sweep was asked to stop by a signal."""
 
-    run_status = "interrupted"  # summary.json status of a run stopped by this error
+    run_status = RunStatus.INTERRUPTED  # how a run stopped by this error ends
 
     def __init__(self, signal_number: int) -> None:
         super().__init__(signal_number)  # in args, so the error pickles across processes

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import RUN_TARGETS, UserError, make
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class OverBudget(UserError):
     fitting: (model option, parameters) pairs that would fit, named in the message.
     """
 
-    run_status = "over_budget"  # summary.json status of a run stopped by this error
+    run_status = RunStatus.OVER_BUDGET  # how a run stopped by this error ends
 
     def __init__(self, n_params: int, max_params: int, fitting: Sequence[tuple[str, int]] = ()) -> None:
         super().__init__(n_params, max_params, fitting)  # all in args, so the error pickles across processes

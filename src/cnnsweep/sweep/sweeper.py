@@ -23,7 +23,7 @@ it reuses):
   storage URL (as the log does) with its password masked;
 - a job that ends without a result (killed, lost, past submitit's timeout) FAILs its trial, and
   submitit does not restart a timed-out job from its first epoch;
-- a database briefly unreachable is waited for (cnnsweep.storage), and given up in one line;
+- a database briefly unreachable is waited for (cnnsweep.sweep.storage), and given up in one line;
 - a sweep that stops early (a shared failure, too many failures, Ctrl-C, a bad setting, the database)
   says why in one line, with the path of trials.csv, and exits non-zero.
 """
@@ -50,13 +50,18 @@ from optuna.trial import TrialState
 from cnnsweep.artifacts import SUMMARY_FILE, read_json
 from cnnsweep.cli import check_config, one_line
 from cnnsweep.errors import UserError
-from cnnsweep.model import OverBudget, build_model, check_budget, count_parameters
 from cnnsweep.objectives import checked_directions
-from cnnsweep.results import OVERRIDES, TRIALS_FILE, facts_from_summary, study_rows, sweep_objectives, write_results
-from cnnsweep.samplers import GridSearch, check_objectives, reseed, search_space
-from cnnsweep.signals import Interrupted, stop_requests
-from cnnsweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, password_of, shown_url
-from cnnsweep.study import (
+from cnnsweep.sweep.results import (
+    OVERRIDES,
+    TRIALS_FILE,
+    facts_from_summary,
+    study_rows,
+    sweep_objectives,
+    write_results,
+)
+from cnnsweep.sweep.samplers import GridSearch, check_objectives, reseed, search_space
+from cnnsweep.sweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, password_of, shown_url
+from cnnsweep.sweep.study import (
     BUDGET_CONSTRAINT,
     OVER_BUDGET,
     OWNER,
@@ -70,6 +75,8 @@ from cnnsweep.study import (
     retry_later,
     this_worker,
 )
+from cnnsweep.train.model import OverBudget, build_model, check_budget, count_parameters
+from cnnsweep.train.signals import Interrupted, stop_requests
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any
 import optuna
 import yaml
 
-from cnnsweep.artifacts import RunFolder, parse_value, read_csv
+from cnnsweep.artifacts import RunFolder, RunStatus, parse_value, read_csv
 from cnnsweep.errors import UserError
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
-from cnnsweep.results import (
+from cnnsweep.sweep.results import (
     BEST_FILE,
     TRIALS_FILE,
     best_row,
@@ -39,7 +39,7 @@ from cnnsweep.results import (
     study_rows,
     sweep_objectives,
 )
-from cnnsweep.study import open_storage
+from cnnsweep.sweep.study import open_storage
 
 COLUMNS = ("run", "state", "objective", "value", "test_acc", "n_params", "epochs", "duration_s", "overrides")
 
@@ -92,7 +92,7 @@ def seed_groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     their final test accuracy and objective value (from rows with their full override lists)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        if row["state"] == "completed" and any(o.startswith("seed=") for o in row["overrides"]):
+        if row["state"] == RunStatus.COMPLETED and any(o.startswith("seed=") for o in row["overrides"]):
             recipe = tuple(sorted(o for o in row["overrides"] if not o.startswith("seed=")))
             groups.setdefault(recipe, []).append(row)
     summaries = []
@@ -125,14 +125,14 @@ def sort_best_first(rows: list[dict[str, Any]]) -> None:
     """Finished runs by objective (best first, by each objective's direction), then the rest."""
 
     def key(row: dict[str, Any]) -> tuple[int, float]:
-        if row["state"] != "completed" or row["value"] is None:
+        if row["state"] != RunStatus.COMPLETED or row["value"] is None:
             return (1, 0.0)
         sign = -1 if direction_of(row["objective"]) == MAXIMIZE else 1
         return (0, sign * row["value"])
 
     rows.sort(key=key)
     for index, row in enumerate(rows):
-        row["best"] = index == 0 and row["state"] == "completed"
+        row["best"] = index == 0 and row["state"] == RunStatus.COMPLETED
 
 
 def sweep_report(sweep_dir: Path) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
 
 
 def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> list[Path]:
-    from cnnsweep import plots
+    from cnnsweep.tools import plots
 
     written = []
     for folder in runs:

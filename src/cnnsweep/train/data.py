@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnsweep.errors import UserError
-from cnnsweep.memory import available_bytes, format_bytes
+from cnnsweep.train.memory import available_bytes, format_bytes
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

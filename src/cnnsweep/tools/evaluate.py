@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
 from cnnsweep.artifacts import RunFolder, write_json
-from cnnsweep.data import to_unit
 from cnnsweep.errors import UserError, make
-from cnnsweep.loop import autocast, layout_setting, predict, resolve_device
-from cnnsweep.model import build_model
+from cnnsweep.train.data import to_unit
+from cnnsweep.train.loop import autocast, layout_setting, predict, resolve_device
+from cnnsweep.train.model import build_model
 
 EVALUATION_DIR = "evaluation"
 
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     }
     out = folder.path / EVALUATION_DIR
     write_json(out / "evaluation.json", results)
-    from cnnsweep import plots
+    from cnnsweep.tools import plots
 
     plots.confusion_matrix(results["confusion_matrix"], out / "confusion_matrix.png")
     wrong = (predicted != test.labels).nonzero().flatten()[:64].cpu()

@@ -23,16 +23,16 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
-from cnnsweep.artifacts import RunFolder
-from cnnsweep.compiling import note_compiled
-from cnnsweep.data import ImageData, n_batches
+from cnnsweep.artifacts import RunFolder, RunStatus
 from cnnsweep.errors import UserError, make
-from cnnsweep.loop import Augmentation, Diverged, EpochRecord, Trainer
-from cnnsweep.machine import machine_facts
-from cnnsweep.model import OverBudget, build_model, check_budget, check_outputs, count_parameters
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
 from cnnsweep.schema import ConfigOptions
-from cnnsweep.signals import StopRequests, stop_requests
+from cnnsweep.train.compiling import note_compiled
+from cnnsweep.train.data import ImageData, n_batches
+from cnnsweep.train.loop import Augmentation, Diverged, EpochRecord, Trainer
+from cnnsweep.train.machine import machine_facts
+from cnnsweep.train.model import OverBudget, build_model, check_budget, check_outputs, count_parameters
+from cnnsweep.train.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ def record_outcome(folder: RunFolder, summary: dict[str, Any], clock: Clock) -> 
         yield
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        status = "interrupted" if interrupted else getattr(error, "run_status", "failed")
+        status = RunStatus.INTERRUPTED if interrupted else getattr(error, "run_status", RunStatus.FAILED)
         summary.update(status=status, error=f"{type(error).__name__}: {error}")
         if isinstance(error, Diverged):
             summary["diverged_at"] = {"epoch": error.epoch, "batch": error.batch, "loss": str(error.loss)}
         raise
     else:
-        summary["status"] = "completed"
+        summary["status"] = RunStatus.COMPLETED
     finally:
         summary["wall_time_s"] = clock.elapsed()
         folder.write_summary(summary)
@@ -332,7 +332,7 @@ def base_summary(cfg: DictConfig, objectives: list[str], n_params: int) -> dict[
     """The summary before the first epoch. `objective` and `objective_value` are the first objective's;
     `objectives` maps each objective to its value."""
     return {
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "n_params": n_params,
         "epochs": cfg.trainer.epochs,
         "epochs_run": 0,

@@ -33,14 +33,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnsweep.compiling import CACHE_ENV
-from cnnsweep.data import Split, n_batches, shuffled_batches
 from cnnsweep.errors import make
-from cnnsweep.loop import preparers
-from cnnsweep.machine import machine_facts, machine_label
-from cnnsweep.model import Dropout, build_model
-from cnnsweep.run import build, build_scheduler
 from cnnsweep.schema import compose_config
+from cnnsweep.train.compiling import CACHE_ENV
+from cnnsweep.train.data import Split, n_batches, shuffled_batches
+from cnnsweep.train.loop import preparers
+from cnnsweep.train.machine import machine_facts, machine_label
+from cnnsweep.train.model import Dropout, build_model
+from cnnsweep.train.run import build, build_scheduler
 
 
 @dataclass
@@ -208,10 +208,10 @@ def accuracy(
     """Final test accuracy of whole training runs, per variant and seed (for `--accuracy`).
 
     classic trains with its DataLoader pipeline and per-epoch StepLR (the seed recipe's loop);
-    cnnsweep and the --also variants (name, overrides) run cnnsweep.run.train exactly as
+    cnnsweep and the --also variants (name, overrides) run cnnsweep.train.run.train exactly as
     `python train.py` does.
     """
-    from cnnsweep.run import train
+    from cnnsweep.train.run import train
 
     plans = [(name, []) for name in names if name != "compute"]
     plans += list(also)
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for --accuracy")
     parser.add_argument("--compile-cache", choices=("shared", "cold"), default="shared",
                         help="cold: compile into an empty cache (the first run on a machine); shared: the one "
-                        "every run uses (cnnsweep.compiling)")  # fmt: skip
+                        "every run uses (cnnsweep.train.compiling)")  # fmt: skip
     args = parser.parse_args(argv)
     # Private: dynamo compiles ConvNet.forward afresh for every compiled variant (another model,
     # batch size or autocast state) and, past 8 versions of one function, silently runs it eagerly;
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     also = named(args.also, parser, "--also") if args.also else []
     cfg = compose_config(args.overrides)
     data_target = cfg.data._target_
-    if "classic" in names and data_target != "cnnsweep.data.MNISTData":
+    if "classic" in names and data_target != "cnnsweep.train.data.MNISTData":
         parser.error(f"the classic variant reads MNIST-like data only, not {data_target}; leave it out of --variants")
     if args.accuracy:
         seeds = [int(seed) for seed in args.seeds.split(",")]

@@ -19,10 +19,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cnnsweep.compiling import CompileChoice, cache_dir, choose, graph_key
-from cnnsweep.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
-from cnnsweep.machine import PrecisionChoice, choose_precision
+from cnnsweep.train.compiling import CompileChoice, cache_dir, choose, graph_key
+from cnnsweep.train.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
+from cnnsweep.train.machine import PrecisionChoice, choose_precision
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 EpochRecord = dict[str, float]
@@ -32,7 +33,7 @@ CHECK_EVERY = 25  # batches between reads of the running loss on accelerators (e
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
-    run_status = "diverged"  # summary.json status of a run stopped by this error
+    run_status = RunStatus.DIVERGED  # how a run stopped by this error ends
 
     def __init__(self, epoch: int, batch: int, loss: float) -> None:
         super().__init__(epoch, batch, loss)  # all in args, so the error pickles across processes
@@ -174,7 +175,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def device_defaults(device: torch.device) -> dict[str, Any]:
     """What the null memory-layout settings mean on a device (`precision: auto` is the hardware's
-    choice: cnnsweep.machine.choose_precision).
+    choice: cnnsweep.train.machine.choose_precision).
 
     Measured with `python -m cnnsweep.bench` on a 2-core CPU: NHWC made training 9% slower and
     evaluation 1.7x faster. On CUDA, NHWC is the usual win for convolutions (not measured here:
@@ -195,9 +196,9 @@ class Trainer:
 
     channels_last / eval_channels_last: NHWC memory layout for training / for evaluation passes
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
-    first steps): true, false, or 'auto' (cnnsweep.compiling.choose: when the run is long enough
+    first steps): true, false, or 'auto' (cnnsweep.train.compiling.choose: when the run is long enough
     to pay the warm-up back). precision: autocast dtype of forward passes (fp32: none; fp16 also
-    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.machine).
+    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.train.machine).
     threads: torch's intra-op CPU threads (null: torch's default). The memory-layout defaults are in
     device_defaults(). label_smoothing: of the training loss. ema_decay: evaluate an exponential
     moving average of the weights (and BatchNorm statistics) instead of the weights themselves (None: off).

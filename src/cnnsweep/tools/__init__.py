@@ -1,0 +1,5 @@
+"""Tools that read what runs and sweeps wrote: reports and plots, checkpoint evaluation, benchmarks.
+
+Each is a command (`python -m cnnsweep.report`, `cnnsweep.evaluate`, `cnnsweep.bench`,
+`cnnsweep.runbench`, `cnnsweep.stats`) over run and sweep folders; none changes them.
+"""

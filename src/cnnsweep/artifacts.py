@@ -22,9 +22,15 @@ from typing import IO, Any
 import torch
 import yaml
 
-METRICS_FILE = "metrics.csv"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
+from cnnsweep.files import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_SUFFIX,
+    CONFIG_FILE,
+    HYDRA_DIR,
+    METRICS_FILE,
+    OVERRIDES_FILE,
+    SUMMARY_FILE,
+)
 
 
 class RunStatus(str, enum.Enum):
@@ -116,7 +122,7 @@ class RunFolder:
         self.metrics = self.path / METRICS_FILE
         self.summary = self.path / SUMMARY_FILE
         self.checkpoints = self.path / CHECKPOINT_DIR
-        self.hydra = self.path / ".hydra"
+        self.hydra = self.path / HYDRA_DIR
 
     def is_run(self) -> bool:
         return self.hydra.is_dir() or self.summary.is_file()
@@ -129,12 +135,12 @@ class RunFolder:
 
     def read_overrides(self) -> list[str]:
         """The task overrides the run was started with (Hydra's .hydra/overrides.yaml)."""
-        path = self.hydra / "overrides.yaml"
+        path = self.hydra / OVERRIDES_FILE
         return [str(item) for item in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
 
     def read_config(self) -> dict[str, Any] | None:
         """The run's composed config (.hydra/config.yaml), interpolations unresolved."""
-        path = self.hydra / "config.yaml"
+        path = self.hydra / CONFIG_FILE
         return yaml.safe_load(path.read_text()) if path.is_file() else None
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
@@ -143,5 +149,9 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary, summary)
 
+    def checkpoint(self, name: str) -> Path:
+        """checkpoints/<name>.pt (name: LAST_CHECKPOINT or BEST_CHECKPOINT)."""
+        return self.checkpoints / f"{name}{CHECKPOINT_SUFFIX}"
+
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        save_checkpoint(self.checkpoints / f"{name}.pt", state)
+        save_checkpoint(self.checkpoint(name), state)

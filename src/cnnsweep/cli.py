@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from cnnsweep.errors import UserError
+from cnnsweep.files import CONFIG_FILE, HYDRA_DIR
 from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config
 
 # Hydra flags after which a plain run's precheck does not apply (sweeps, info, help, completion).
@@ -155,7 +156,7 @@ def one_line(error: Exception) -> str:
 
 def saved_config(run_dir: Path) -> DictConfig:
     """The config a run was started with (its .hydra/config.yaml), checked against the schema."""
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / HYDRA_DIR / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"resume={run_dir}: no run to resume there ({path} does not exist)")
     try:

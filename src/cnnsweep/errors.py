@@ -64,3 +64,9 @@ def why_not_importable(target: str) -> str:
             return f"module {module} has no {missing!r}"
         return f"importing {target} failed"
     return f"no module named {parts[0]!r}"
+
+
+def first_line(error: BaseException) -> str:
+    """The error's message, first line only (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -24,11 +24,10 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.artifacts import RunFolder, RunStatus, write_csv, write_text
+from cnnsweep.files import BEST_FILE, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
 from cnnsweep.sweep.study import REQUEUED, SURPLUS
 
-TRIALS_FILE = "trials.csv"
-BEST_FILE = "optimization_results.yaml"
 FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir", "reason")
 OVERRIDES = "overrides"  # trial user attr: the task overrides the trial's job ran with
 STATE_OF_STATUS = {  # summary.json status -> the Optuna state name used in the table

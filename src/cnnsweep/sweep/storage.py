@@ -104,7 +104,7 @@ def patiently(
         try:
             connection = connect()
         except unreachable as error:
-            reason = first_line(error)
+            reason = driver_message(error)
             if any(word in reason.lower() for word in PERMANENT):
                 raise StorageUnavailable(
                     f"database {shown_url(url)} refused the connection: {reason}; check hydra.sweeper.storage"
@@ -130,10 +130,10 @@ def patiently(
 
 def error_line(error: BaseException, url: str) -> str:
     """The error's first line, with `url` in it (an error about the URL itself quotes it) shown by `shown_url`."""
-    return first_line(error).replace(url, shown_url(url))
+    return driver_message(error).replace(url, shown_url(url))
 
 
-def first_line(error: BaseException) -> str:
+def driver_message(error: BaseException) -> str:
     """The driver's own message, first line: SQLAlchemy's wrapper adds the statement and a link, and
     optuna's StorageInternalError (raised from SQLAlchemy's error) a generic sentence."""
     if isinstance(error.__cause__, sqlalchemy.exc.DBAPIError):

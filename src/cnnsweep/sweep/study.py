@@ -45,8 +45,8 @@ from cnnsweep.sweep.storage import (
     DATABASE_ERRORS,
     JOURNAL,
     PATIENCE_S,
+    driver_message,
     engine_options,
-    first_line,
     is_network,
     patiently,
     shown_url,
@@ -330,7 +330,7 @@ def heartbeats(lanes: Lanes, number: int, study_id: int) -> Iterator[None]:
                 lanes.record_heartbeat(trial_id)
             except DATABASE_ERRORS as error:
                 # The trial goes on; the next beat tries again (and the sweep's own next step reports the outage).
-                log.warning(f"heartbeat of trial {number} not recorded: {first_line(error)}")
+                log.warning(f"heartbeat of trial {number} not recorded: {driver_message(error)}")
 
     thread = threading.Thread(target=beat, name="cnnsweep-heartbeat", daemon=True)
     thread.start()

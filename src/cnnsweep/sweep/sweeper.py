@@ -47,9 +47,10 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from cnnsweep.artifacts import SUMMARY_FILE, read_json
+from cnnsweep.artifacts import read_json
 from cnnsweep.cli import check_config, one_line
 from cnnsweep.errors import UserError
+from cnnsweep.files import MULTIRUN_FILE, SUMMARY_FILE
 from cnnsweep.objectives import checked_directions
 from cnnsweep.sweep.results import (
     OVERRIDES,
@@ -158,7 +159,7 @@ class StudySweeper:
         check_objectives(self.sampler, self.objectives)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Unresolved, as Hydra saves each job's .hydra/: a storage URL read with ${oc.env:...} stays that text here.
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, self.sweep_dir / MULTIRUN_FILE)
         warn_of_a_typed_password(self.storage, self.config.hydra.overrides.hydra)
         self.rdb = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
         self.lanes = Lanes(self.rdb, self.heartbeat_interval, self.grace_period)

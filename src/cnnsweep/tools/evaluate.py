@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
 from cnnsweep.artifacts import RunFolder, write_json
 from cnnsweep.errors import UserError, make
+from cnnsweep.files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE
 from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import autocast, layout_setting, predict, resolve_device
 from cnnsweep.train.model import build_model
@@ -33,12 +34,12 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
     if not target.exists():
         raise UserError(f"{target} does not exist; give a run folder or a checkpoint file (.pt)")
     if target.is_file():
-        folder = RunFolder(target.parent.parent if target.parent.name == "checkpoints" else target.parent)
+        folder = RunFolder(target.parent.parent if target.parent.name == CHECKPOINT_DIR else target.parent)
         return folder, target
     folder = RunFolder(target)
     if not folder.is_run():
         raise UserError(f"{target} is not a run folder (no .hydra/ or summary.json in it)")
-    checkpoint = folder.checkpoints / f"{which}.pt"
+    checkpoint = folder.checkpoint(which)
     if not checkpoint.is_file():
         status = (folder.read_summary() or {}).get("status", "no summary.json")
         raise UserError(
@@ -66,7 +67,7 @@ def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) 
 
 
 def evaluate_checkpoint(
-    target: Path, which: str = "best", data_root: str | None = None, device: str = "auto"
+    target: Path, which: str = BEST_CHECKPOINT, data_root: str | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Evaluate and write the evaluation files; returns what evaluation.json holds."""
     folder, checkpoint_path = locate(target, which)
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
     except Exception as error:
         raise UserError(f"{checkpoint_path} is not a readable checkpoint: {error}") from error
     saved = folder.read_config()
-    config_source = str(folder.hydra / "config.yaml") if saved else f"the config stored in {checkpoint_path}"
+    config_source = str(folder.hydra / CONFIG_FILE) if saved else f"the config stored in {checkpoint_path}"
     config = OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True)
     model = load_model(checkpoint, config, config_source)
 

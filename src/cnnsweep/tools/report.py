@@ -27,6 +27,7 @@ import yaml
 
 from cnnsweep.artifacts import RunFolder, RunStatus, parse_value, read_csv
 from cnnsweep.errors import UserError
+from cnnsweep.files import MULTIRUN_FILE, STUDY_DB
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
 from cnnsweep.sweep.results import (
     BEST_FILE,
@@ -59,7 +60,7 @@ def find_runs(root: Path) -> list[RunFolder]:
 
 def find_sweeps(root: Path) -> list[Path]:
     """Every sweep folder (one holding Hydra's multirun.yaml) at or below root."""
-    return sorted(path.parent for path in root.rglob("multirun.yaml"))
+    return sorted(path.parent for path in root.rglob(MULTIRUN_FILE))
 
 
 def run_row(folder: RunFolder) -> dict[str, Any]:
@@ -137,13 +138,13 @@ def sort_best_first(rows: list[dict[str, Any]]) -> None:
 
 def sweep_report(sweep_dir: Path) -> dict[str, Any]:
     """A sweep's trial rows, counts by state, best row or Pareto front and (if it has one) its Optuna study."""
-    config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+    config = yaml.safe_load((sweep_dir / MULTIRUN_FILE).read_text())
     study_name = config.get("hydra", {}).get("sweeper", {}).get("study_name")
     objectives = sweep_objectives(config)
     directions = directions_of(objectives)
     study = None
-    if study_name and (sweep_dir / "optuna.db").is_file():
-        storage = open_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")  # an optuna 2.10 file: refused in one line
+    if study_name and (sweep_dir / STUDY_DB).is_file():
+        storage = open_storage(f"sqlite:///{sweep_dir / STUDY_DB}")  # an optuna 2.10 file: refused in one line
         study = optuna.load_study(study_name=study_name, storage=storage)
         directions = [direction.name.lower() for direction in study.directions]
         rows, _ = study_rows(study.trials, objectives)

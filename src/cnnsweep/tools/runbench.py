@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.schema import CONF_DIR
 from cnnsweep.tools.bench import aligned, named
 from cnnsweep.train.compiling import CACHE_ENV
@@ -66,7 +67,7 @@ def time_runs(
         empty = scratch / f"cache-{recipe}-{seed}" if cache == "cold" else None
         args = [*overrides, f"seed={seed}", f"hydra.run.dir={run_dir}", "trainer.progress=false"]
         wall_s = timed_train_py(args, empty)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         runs.append(
             {
                 "seed": seed,
@@ -79,7 +80,7 @@ def time_runs(
         )
         if keep is not None:
             (keep / recipe).mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.csv", "summary.json"):
+            for name in (METRICS_FILE, SUMMARY_FILE):
                 shutil.copyfile(run_dir / name, keep / recipe / f"seed{seed}.{name}")
     accuracies = [100 * run["test_acc"] for run in runs]
     return {
@@ -98,7 +99,7 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
     wall_s = timed_train_py(
         ["--multirun", *overrides, *variant, f"hydra.sweep.dir={sweep_dir}"], scratch / f"cache-{name}"
     )
-    with open(sweep_dir / "trials.csv") as file:
+    with open(sweep_dir / TRIALS_FILE) as file:
         trials = list(csv.DictReader(file))
     finished = [trial for trial in trials if trial["state"] in ("COMPLETE", "PRUNED") and int(trial["epochs_run"] or 0)]
     epochs = sum(int(trial["epochs_run"]) for trial in finished)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cnnsweep.errors import UserError
+from cnnsweep.errors import UserError, first_line
 from cnnsweep.train.memory import available_bytes, format_bytes
 
 MNIST_FILES = (
@@ -437,11 +437,6 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float],
     mean = total / n
     std = ((squares - n * mean.square()) / (n - 1)).clamp_(min=0).sqrt()
     return mean.tolist(), std.tolist()
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_idx_pair(images: Path, labels: Path, dataset: str = "MNIST") -> int:

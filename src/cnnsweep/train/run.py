@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 import cnnsweep
 from cnnsweep.artifacts import RunFolder, RunStatus
 from cnnsweep.errors import UserError, make
+from cnnsweep.files import BEST_CHECKPOINT, LAST_CHECKPOINT
 from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
 from cnnsweep.schema import ConfigOptions
 from cnnsweep.train.compiling import note_compiled
@@ -202,8 +203,8 @@ def _fit(
         if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
             state["ema"] = parts.ema.state_dict()
         if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
-            folder.save_checkpoint("best", state)
-        folder.save_checkpoint("last", state)
+            folder.save_checkpoint(BEST_CHECKPOINT, state)
+        folder.save_checkpoint(LAST_CHECKPOINT, state)
         folder.write_summary(summary)
         if compiling.compile and record["epoch"] == first_epoch:
             note_compiled(compiling.key)  # the next run of these graphs starts warm
@@ -258,7 +259,7 @@ def restore(
     """Load the run's last checkpoint into the run's objects; returns the epochs it already ran."""
     for stale in folder.path.rglob(".*.tmp"):
         stale.unlink()  # a write cut short by the kill; the file it was replacing is intact
-    path = folder.checkpoints / "last.pt"
+    path = folder.checkpoint(LAST_CHECKPOINT)
     if not path.is_file():
         log.info(f"resume: {folder.path} has no checkpoint yet, starting from the first epoch")
         return []

@@ -17,6 +17,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import GridSamplerConfig, OptunaSweeperConf, TPESamplerConfig
 from omegaconf import MISSING, DictConfig
 
+from cnnsweep.files import STUDY_DB
+
 # OmegaConf reads these annotations at runtime: keep typing's Optional/List forms.
 # ruff: noqa: UP006, UP007, UP035, UP045
 
@@ -107,7 +109,7 @@ class CnnsweepSweeperConf(OptunaSweeperConf):
     # The study persists here, so rerunning the same command continues it. Any SQLAlchemy URL works
     # (postgresql://user:password@host/db lets workers on several machines share a study), and so does
     # journal:///abs/path/study.log: Optuna's JournalStorage, one file, no database server.
-    storage: Optional[Any] = "sqlite:///${hydra.sweep.dir}/optuna.db"
+    storage: Optional[Any] = f"sqlite:///${{hydra.sweep.dir}}/{STUDY_DB}"
     study_name: Optional[str] = "cnnsweep"
     n_trials: int = 20  # trials in the whole study, across restarts and workers
     n_jobs: int = 1  # trials launched at once (the launcher runs them; joblib: in parallel)

@@ -1,0 +1,23 @@
+"""The names of the files runs and sweeps write, in one place (every module and tool reads them from here).
+
+    <run>/metrics.csv, summary.json, checkpoints/{last,best}.pt, .hydra/{config,overrides}.yaml
+    <sweep>/multirun.yaml (Hydra's), optuna.db (the default study storage), trials.csv,
+            optimization_results.yaml, and one run folder per trial: <sweep>/<trial number>/
+
+A module with no imports, so that the Hydra plugin can name the study's file without loading torch.
+"""
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last"  # checkpoints/last.pt: the state after the latest epoch
+BEST_CHECKPOINT = "best"  # checkpoints/best.pt: the state at the best epoch by the run's objective
+CHECKPOINT_SUFFIX = ".pt"
+HYDRA_DIR = ".hydra"
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+
+MULTIRUN_FILE = "multirun.yaml"
+STUDY_DB = "optuna.db"
+TRIALS_FILE = "trials.csv"
+BEST_FILE = "optimization_results.yaml"

@@ -156,7 +156,7 @@ def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_
     (edited / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     result = module("evaluate", edited)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "the checkpoint does not match the model in" in result.stderr and "size mismatch" in result.stderr
+    assert "best.pt does not match the model in" in result.stderr and "size mismatch" in result.stderr
 
 
 def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
@@ -182,11 +182,11 @@ def test_runs_that_differ_only_in_seed_are_summarised_with_mean_and_spread():
 def test_misclassified_grid_draws_colour_images_in_colour(tmp_path):
     import torch
 
-    from cnnsweep.tools.plots import digit_grid
+    from cnnsweep.tools.plots import image_grid
 
     images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     images[0, 0], images[1, 2] = 255, 255  # one pure red, one pure blue image
-    path = digit_grid(images, [0, 1], [1, 0], tmp_path / "grid.png", columns=2)
+    path = image_grid(images, [0, 1], [1, 0], tmp_path / "grid.png", columns=2)
     with Image.open(path) as image:
         colours = {pixel for _, pixel in image.convert("RGB").getcolors(1 << 16)}
     assert (255, 0, 0) in colours and (0, 0, 255) in colours

@@ -1,10 +1,13 @@
 """Files a run writes into its folder, each written whole or not at all (temp file + rename).
 
 <run>/metrics.csv             one row per finished epoch
-<run>/summary.json            what the run was and how it ended (rewritten after every epoch)
+<run>/summary.json            what the run was and how it ended (rewritten after every epoch): Summary
 <run>/checkpoints/last.pt     state after the latest epoch
 <run>/checkpoints/best.pt     state at the best epoch by the run's objective
 <run>/.hydra/                 Hydra's record: config.yaml, overrides.yaml, hydra.yaml
+
+The names are cnnsweep.files'; how a run ended is a RunStatus. Runs write these files; sweeps and
+the tools read them.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 import yaml
 
+from cnnsweep.errors import UserError, first_line
 from cnnsweep.files import (
     CHECKPOINT_DIR,
     CHECKPOINT_SUFFIX,
@@ -46,6 +51,75 @@ class RunStatus(str, enum.Enum):
     DIVERGED = "diverged"  # a loss became NaN or infinite
     FAILED = "failed"  # any other error
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: stopped after a batch, resumable
+
+
+@dataclass
+class Summary:
+    """What summary.json holds: what the run was, how far it got and how it ended.
+
+    `objectives` maps each objective to its value at the latest epoch (None before the first); the
+    first is the one a sweep optimises and the checkpoint is picked by (`objective`, `objective_value`
+    in the file). `figures` holds final_<metric> of every metric and best_<metric>, best_<metric>_epoch
+    of those maximised. Optional facts are left out of the file until known.
+    """
+
+    n_params: int
+    epochs: int
+    objectives: dict[str, float | int | None]
+    seed: int
+    git_commit: str | None
+    versions: dict[str, str]
+    status: RunStatus = RunStatus.RUNNING
+    epochs_run: int = 0
+    device: str | None = None
+    device_name: str | None = None
+    machine: dict[str, Any] | None = None
+    precision: dict[str, str] | None = None  # {"precision": ..., "reason": ...}, pinned by a resume
+    compile: dict[str, Any] | None = None  # {"compiled": ..., "reason": ...}, pinned by a resume
+    best_checkpoint_epoch: int | None = None
+    best_checkpoint_value: float | None = None
+    figures: dict[str, float | int] = field(default_factory=dict)
+    resumed_after_epoch: int | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+    diverged_at: dict[str, Any] | None = None
+
+    @property
+    def objective(self) -> str:
+        return next(iter(self.objectives))
+
+    @property
+    def objective_value(self) -> float | int | None:
+        return self.objectives[self.objective]
+
+    def to_json(self) -> dict[str, Any]:
+        known = {
+            "status": str(self.status),
+            "n_params": self.n_params,
+            "epochs": self.epochs,
+            "epochs_run": self.epochs_run,
+            "objective": self.objective,
+            "objective_value": self.objective_value,
+            "objectives": dict(self.objectives),
+            "seed": self.seed,
+            "git_commit": self.git_commit,
+            "versions": self.versions,
+        }
+        optional = {
+            "device": self.device,
+            "device_name": self.device_name,
+            "machine": self.machine,
+            "precision": self.precision,
+            "compile": self.compile,
+            "best_checkpoint_epoch": self.best_checkpoint_epoch,
+            "best_checkpoint_value": self.best_checkpoint_value,
+            **self.figures,
+            "resumed_after_epoch": self.resumed_after_epoch,
+            "wall_time_s": self.wall_time_s,
+            "error": self.error,
+            "diverged_at": self.diverged_at,
+        }
+        return known | {key: value for key, value in optional.items() if value is not None}
 
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
@@ -88,6 +162,24 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomically(path, lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path: Path, purpose: str) -> dict[str, Any]:
+    """A checkpoint's state, on the CPU; a UserError naming `purpose` when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path} cannot be read ({first_line(error)}); {purpose}") from error
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], checkpoint: Path, source: str) -> None:
+    """Load `weights` (from `checkpoint`) into `model` (built from the config in `source`); a
+    UserError saying how they differ when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
+        raise UserError(f"{checkpoint} does not match the model in {source}: {details}") from error
 
 
 def read_json(path: Path) -> Any:
@@ -146,8 +238,8 @@ class RunFolder:
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         write_csv(self.metrics, history)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary, summary)
+    def write_summary(self, summary: Summary) -> None:
+        write_json(self.summary, summary.to_json())
 
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt (name: LAST_CHECKPOINT or BEST_CHECKPOINT)."""

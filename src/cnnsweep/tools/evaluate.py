@@ -4,7 +4,7 @@ Rebuilds the model from the run's saved config (.hydra/config.yaml; for a bare c
 config stored in it), loads the checkpoint (best.pt unless told otherwise) and reports test loss and
 accuracy, per-class accuracy and the accuracy recorded at training time. Writes into
 <run>/evaluation/: evaluation.json, confusion_matrix.png and misclassified.png (a grid of wrongly
-classified test digits with their true and predicted labels).
+classified test images with their true and predicted labels).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
-from cnnsweep.artifacts import RunFolder, write_json
+from cnnsweep.artifacts import RunFolder, load_checkpoint, load_weights, write_json
 from cnnsweep.errors import UserError, make
 from cnnsweep.files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE
 from cnnsweep.train.data import to_unit
@@ -49,7 +49,7 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
     return folder, checkpoint
 
 
-def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) -> torch.nn.Module:
+def load_model(checkpoint: dict[str, Any], config: dict[str, Any], path: Path, source: str) -> torch.nn.Module:
     """The model the config describes, with the checkpoint's evaluated weights (the moving average
     when the run kept one); refuses a mismatch."""
     model = build_model(config["model"])
@@ -58,11 +58,7 @@ def load_model(checkpoint: dict[str, Any], config: dict[str, Any], source: str) 
         weights = {
             name.removeprefix("module."): value for name, value in checkpoint["ema"].items() if name != "n_averaged"
         }
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
-        raise UserError(f"the checkpoint does not match the model in {source}: {details}") from error
+    load_weights(model, weights, path, source)
     return model
 
 
@@ -71,14 +67,11 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate and write the evaluation files; returns what evaluation.json holds."""
     folder, checkpoint_path = locate(target, which)
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{checkpoint_path} is not a readable checkpoint: {error}") from error
+    checkpoint = load_checkpoint(checkpoint_path, "it cannot be evaluated")
     saved = folder.read_config()
     config_source = str(folder.hydra / CONFIG_FILE) if saved else f"the config stored in {checkpoint_path}"
     config = OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True)
-    model = load_model(checkpoint, config, config_source)
+    model = load_model(checkpoint, config, checkpoint_path, config_source)
 
     if data_root is not None:
         config["data"]["root"] = data_root
@@ -106,7 +99,7 @@ def evaluate_checkpoint(
 
     plots.confusion_matrix(results["confusion_matrix"], out / "confusion_matrix.png")
     wrong = (predicted != test.labels).nonzero().flatten()[:64].cpu()
-    plots.digit_grid(
+    plots.image_grid(
         test.images[wrong].cpu(), test.labels[wrong].cpu(), predicted[wrong].cpu(), out / "misclassified.png"
     )
     results["files"] = [str(out / name) for name in ("evaluation.json", "confusion_matrix.png", "misclassified.png")]
@@ -138,7 +131,7 @@ def summarize_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
         "n_images": len(labels),
         "test_loss": torch.nn.functional.cross_entropy(logits, labels).item(),
         "test_acc": (predicted == labels).double().mean().item(),
-        "per_class_acc": {str(digit): accuracy for digit, accuracy in enumerate(per_class)},
+        "per_class_acc": {str(label): accuracy for label, accuracy in enumerate(per_class)},
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted class
     }
 

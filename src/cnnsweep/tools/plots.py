@@ -114,7 +114,7 @@ def confusion_matrix(counts: Sequence[Sequence[int]], path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def digit_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: int = 8) -> Path:
+def image_grid(images: Any, labels: Any, predicted: Any, path: Path, columns: int = 8) -> Path:
     """Images (uint8, N x C x H x W; grey or RGB) in a grid, each titled 'true -> predicted'."""
     n = max(len(images), 1)
     rows = -(-n // columns)

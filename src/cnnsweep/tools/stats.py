@@ -8,6 +8,7 @@ Takes the same overrides as train.py; prints the figures for the YAML file.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -26,9 +27,13 @@ def training_stats(overrides: list[str]) -> tuple[int, list[float], list[float]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m cnnsweep.stats", description=__doc__.splitlines()[0], epilog="e.g. " + __doc__.splitlines()[2]
+    )
+    parser.add_argument("overrides", nargs="*", help="train.py's overrides choosing and configuring the data")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        n_images, mean, std = training_stats(overrides)
+        n_images, mean, std = training_stats(args.overrides)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +57,14 @@ def cache_dir() -> Path:
 
 def graph_key(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, precision: str,
               channels_last: bool) -> str:  # fmt: skip
-    """A name for the graphs torch compiles for this training setup: the architecture (not its
-    dropout rates, which the graphs take as inputs), the batch shape, device type, precision,
-    memory layout and torch version."""
-    architecture = re.sub(r"p=[0-9.e-]+", "p", repr(model))
+    """A name for the graphs torch compiles for this training setup: the architecture (each module's
+    type and settings; a module's `graph_settings()` instead where some of its settings are inputs
+    of the graphs, as cnnsweep's dropout rate is), the batch shape, device type, precision, memory
+    layout and torch version. torch's own nn.Dropout bakes its rate into the graphs: it counts."""
+    architecture = [
+        f"{name}: {type(module).__name__}({getattr(module, 'graph_settings', module.extra_repr)()})"
+        for name, module in model.named_modules()
+    ]
     facts = [torch.__version__, device.type, list(input_shape), precision, channels_last, architecture]
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 

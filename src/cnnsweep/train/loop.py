@@ -11,6 +11,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -191,6 +192,28 @@ def layout_setting(name: str, value: bool | None, device: torch.device) -> bool:
     return device_defaults(device)[name] if value is None else value
 
 
+@dataclass
+class Fit:
+    """What one Trainer.fit call trains: the run's objects, its data, and what to do after each epoch.
+
+    `forward` is what Trainer.compiled returned (the model itself, or its compiled version), `ema`
+    what Trainer.averaged returned.
+    """
+
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: ImageData
+    splits: Splits
+    augmentation: Augmentation
+    generator: torch.Generator
+    on_epoch_end: Callable[[EpochRecord], None]
+    start_epoch: int = 1
+    check_stop: Callable[[], None] = field(default=lambda: None)
+    ema: AveragedModel | None = None
+
+
 class Trainer:
     """Runs `epochs` epochs on `device` ('auto': cuda, then mps, then cpu), as fast as configured.
 
@@ -326,42 +349,29 @@ class Trainer:
         with self.autocast():
             return evaluate(forward, split, batch_size, prepare)
 
-    def fit(
-        self,
-        model: nn.Module,
-        forward: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        data: ImageData,
-        splits: Splits,
-        augmentation: Augmentation,
-        generator: torch.Generator,
-        on_epoch_end: Callable[[EpochRecord], None],
-        start_epoch: int = 1,
-        check_stop: Callable[[], None] = lambda: None,
-        ema: AveragedModel | None = None,
-    ) -> list[EpochRecord]:
-        """Train for self.epochs epochs; after each, evaluate and hand the record to on_epoch_end.
+    def fit(self, job: Fit) -> list[EpochRecord]:
+        """Train `job` for self.epochs epochs; after each, evaluate and hand the record to job.on_epoch_end.
 
-        `forward` is what `setup(model)` returned (the model itself, or its compiled version).
-        Epochs before `start_epoch` are taken as done (a resumed run). `check_stop` runs after
-        every batch and may raise to stop the run. With `ema` (from `averaged(model)`), the
-        average is updated every step and evaluated instead of the model.
+        Epochs before `job.start_epoch` are taken as done (a resumed run). `job.check_stop` runs
+        after every batch and may raise to stop the run. With `job.ema`, the average is updated
+        every step and evaluated instead of the model.
         """
-
-        prepare_train, prepare_eval = preparers(data, augmentation, generator)
-        step = self.train_step(model, forward, optimizer, scheduler, prepare_train, data.batch_size, ema)
+        data, splits = job.data, job.splits
+        prepare_train, prepare_eval = preparers(data, job.augmentation, job.generator)
+        step = self.train_step(
+            job.model, job.forward, job.optimizer, job.scheduler, prepare_train, data.batch_size, job.ema
+        )
         history = []
         steps = n_batches(len(splits.train), data.batch_size)
         check_every = 1 if self.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
-        for epoch in range(start_epoch, self.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
+        for epoch in range(job.start_epoch, self.epochs + 1):
+            lr = job.optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
-            batches = shuffled_batches(splits.train, data.batch_size, generator)
+            batches = shuffled_batches(splits.train, data.batch_size, job.generator)
             record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, check_stop)
+            record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, job.check_stop)
             train_seconds = time.perf_counter() - start
-            evaluated = self.eval_model(model if ema is None else ema.module)
+            evaluated = self.eval_model(job.model if job.ema is None else job.ema.module)
             for name, split in (("val", splits.val), ("test", splits.test)):
                 if split is not None:
                     loss, accuracy = self.evaluate(evaluated, split, data.eval_batch_size, prepare_eval)
@@ -369,5 +379,5 @@ class Trainer:
             record["seconds"] = time.perf_counter() - start
             record["images_per_s"] = len(splits.train) / train_seconds
             history.append(record)
-            on_epoch_end(record)
+            job.on_epoch_end(record)
         return history

@@ -116,6 +116,11 @@ class Dropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
+    def graph_settings(self) -> str:
+        """What compiled graphs of this module depend on (cnnsweep.train.compiling.graph_key): not the
+        rate, which they take as an input."""
+        return ""
+
 
 class _MaskDropout(torch.autograd.Function):
     @staticmethod
@@ -212,6 +217,11 @@ def check_outputs(model: nn.Module, target: str, in_channels: int, image_size: i
             f"model {target} seems to return probabilities (rows of non-negative values summing to 1); "
             "cross-entropy treats its outputs as logits: return the values before the softmax"
         )
+
+
+def model_size(config: Any) -> int:
+    """The trainable parameters of the model a model config builds."""
+    return count_parameters(build_model(config))
 
 
 def count_parameters(model: nn.Module) -> int:

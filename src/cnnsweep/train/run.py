@@ -23,16 +23,24 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
-from cnnsweep.artifacts import RunFolder, RunStatus
+from cnnsweep.artifacts import RunFolder, RunStatus, Summary, load_checkpoint, load_weights
 from cnnsweep.errors import UserError, make
 from cnnsweep.files import BEST_CHECKPOINT, LAST_CHECKPOINT
-from cnnsweep.objectives import N_PARAMS, TRAIN_SECONDS, checkpoint_metric, is_better, resolve_objectives
+from cnnsweep.objectives import (
+    MAXIMIZE,
+    N_PARAMS,
+    TRAIN_SECONDS,
+    checkpoint_metric,
+    direction_of,
+    is_better,
+    resolve_objectives,
+)
 from cnnsweep.schema import ConfigOptions
-from cnnsweep.train.compiling import note_compiled
-from cnnsweep.train.data import ImageData, n_batches
-from cnnsweep.train.loop import Augmentation, Diverged, EpochRecord, Trainer
+from cnnsweep.train.compiling import CompileChoice, note_compiled
+from cnnsweep.train.data import ImageData, Splits, n_batches
+from cnnsweep.train.loop import Augmentation, Diverged, EpochRecord, Fit, Trainer
 from cnnsweep.train.machine import machine_facts
-from cnnsweep.train.model import OverBudget, build_model, check_budget, check_outputs, count_parameters
+from cnnsweep.train.model import OverBudget, build_model, check_budget, check_outputs, count_parameters, model_size
 from cnnsweep.train.signals import StopRequests, stop_requests
 
 log = logging.getLogger(__name__)
@@ -58,33 +66,39 @@ def train(
 
     With resume, continue from run_dir's last checkpoint (its epoch, weights, optimizer and
     scheduler state, random number generators and data order). summary.json records how the
-    run ended (completed, over_budget, pruned, diverged, failed, interrupted) whatever happens
-    once the model is built. SIGINT/SIGTERM stop it after the current batch (Interrupted).
+    run ended (a RunStatus) whatever happens once the model is built. SIGINT/SIGTERM stop it after
+    the current batch (Interrupted).
     options: where the model group's options are found, to name those that fit in a budget refusal.
     """
     clock = Clock()
     objectives = resolve_objectives(cfg.objective, cfg.data.val_size)
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed  # weights, dropout, data order and augmentation: recorded in the summary, read from it
+    torch.manual_seed(seed)
     model = build_model(cfg.model)
     check_outputs(
         model, cfg.model.get("_target_", "?"), cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes
     )
-    n_params = count_parameters(model)
     folder = RunFolder(run_dir)
-    summary = base_summary(cfg, objectives, n_params)
+    summary = new_summary(cfg, objectives, count_parameters(model), seed)
     with record_outcome(folder, summary, clock), stop_requests() as stop:
-        try:
-            check_budget(n_params, cfg.budget.max_params)
-        except OverBudget as error:
-            fitting = models_that_fit(cfg.data, error.max_params, options) if options is not None else []
-            raise OverBudget(n_params, error.max_params, fitting) from None
-        _fit(cfg, model, objectives, folder, summary, clock, reporter, resume, stop)
-    values = summary["objectives"]
+        check_budget_offering(summary.n_params, cfg, options)
+        _fit(Run(cfg, model, objectives, folder, summary, clock), reporter, resume, stop)
     said = ", ".join(
-        f"{name} = {value:.4f}" if isinstance(value, float) else f"{name} = {value:,}" for name, value in values.items()
+        f"{name} = {value:.4f}" if isinstance(value, float) else f"{name} = {value:,}"
+        for name, value in summary.objectives.items()
     )
-    log.info(f"done in {summary['wall_time_s']:.0f} s: {said}; run folder {run_dir}")
-    return summary["objective_value"] if len(values) == 1 else list(values.values())
+    log.info(f"done in {summary.wall_time_s:.0f} s: {said}; run folder {run_dir}")
+    values = list(summary.objectives.values())
+    return values[0] if len(values) == 1 else values
+
+
+def check_budget_offering(n_params: int, cfg: DictConfig, options: ConfigOptions | None) -> None:
+    """check_budget, naming the model options that fit this run's data within the budget in its refusal."""
+    try:
+        check_budget(n_params, cfg.budget.max_params)
+    except OverBudget as error:
+        fitting = models_that_fit(cfg.data, error.max_params, options) if options is not None else []
+        raise OverBudget(n_params, error.max_params, fitting) from None
 
 
 def models_that_fit(data: DictConfig, max_params: int, options: ConfigOptions) -> list[tuple[str, int]]:
@@ -96,7 +110,7 @@ def models_that_fit(data: DictConfig, max_params: int, options: ConfigOptions) -
         try:
             composed = options.compose([f"model={name}"])
             composed.data = own_data  # the option's network follows this run's data
-            n_params = count_parameters(build_model(composed.model))
+            n_params = model_size(composed.model)
         except (UserError, HydraException, OmegaConfBaseException):  # not buildable for this data: not offered
             continue
         if n_params <= max_params:
@@ -116,119 +130,175 @@ class Clock:
 
 
 @contextmanager
-def record_outcome(folder: RunFolder, summary: dict[str, Any], clock: Clock) -> Iterator[None]:
+def record_outcome(folder: RunFolder, summary: Summary, clock: Clock) -> Iterator[None]:
     """Write summary.json with the run's final status, also when the run stops with an error."""
     try:
         yield
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        status = RunStatus.INTERRUPTED if interrupted else getattr(error, "run_status", RunStatus.FAILED)
-        summary.update(status=status, error=f"{type(error).__name__}: {error}")
+        summary.status = RunStatus.INTERRUPTED if interrupted else getattr(error, "run_status", RunStatus.FAILED)
+        summary.error = f"{type(error).__name__}: {error}"
         if isinstance(error, Diverged):
-            summary["diverged_at"] = {"epoch": error.epoch, "batch": error.batch, "loss": str(error.loss)}
+            summary.diverged_at = {"epoch": error.epoch, "batch": error.batch, "loss": str(error.loss)}
         raise
     else:
-        summary["status"] = RunStatus.COMPLETED
+        summary.status = RunStatus.COMPLETED
     finally:
-        summary["wall_time_s"] = clock.elapsed()
+        summary.wall_time_s = clock.elapsed()
         folder.write_summary(summary)
 
 
-def _fit(
-    cfg: DictConfig,
-    model: torch.nn.Module,
-    objectives: list[str],
-    folder: RunFolder,
-    summary: dict[str, Any],
-    clock: Clock,
-    reporter: Reporter | None,
-    resume: bool,
-    stop: StopRequests,
-) -> None:
-    parts = build(cfg, model)
-    trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
-    machine = machine_facts(trainer.device)
-    summary.update(device=str(trainer.device), device_name=machine["gpu"] or machine["cpu"], machine=machine)
-    said = ", ".join(objectives)
-    log.info(f"model: {summary['n_params']:,} parameters; device: {trainer.device}; objective: {said}")
-    metric = checkpoint_metric(objectives, cfg.data.val_size)  # picks best.pt
+@dataclass
+class Run:
+    """One run in progress: its config, model and objectives, and where and what it records."""
 
-    splits = data.load(trainer.device)
+    cfg: DictConfig
+    model: torch.nn.Module
+    objectives: list[str]
+    folder: RunFolder
+    summary: Summary
+    clock: Clock
+
+
+def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests) -> None:
+    """Build the run's parts, read its data, pick up a resumed run, choose precision and compiling, train."""
+    cfg = run.cfg
+    parts = build(cfg, run.model)
+    trainer = parts.trainer
+    describe_machine(trainer, run.summary, run.objectives)
+    splits = load_data(parts.data, trainer.device)
+    scheduler = build_scheduler(
+        cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), parts.data.batch_size)
+    )
+    generator = torch.Generator(device=trainer.device).manual_seed(run.summary.seed)
+    history = restore(run, parts, scheduler, generator) if resume else []
+    first_epoch = len(history) + 1  # of this invocation
+    precision = pin_precision(trainer, run.summary)
+    if trainer.precision_choice.warning is not None:
+        log.warning(trainer.precision_choice.warning)
+    log.info(f"precision: {precision['precision']} ({precision['reason']})")
+    forward, compiling = choose_compiling(trainer, run, splits, parts.data.batch_size, len(history))
+    warm_graphs = compiling.key if compiling.compile else None
+    recorder = EpochRecorder(run, parts, scheduler, generator, history, reporter, warm_graphs)
+    job = Fit(
+        run.model, forward, parts.optimizer, scheduler, parts.data, splits, parts.augmentation, generator,
+        on_epoch_end=recorder, start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
+    )  # fmt: skip
+    trainer.fit(job)
+
+
+def describe_machine(trainer: Trainer, summary: Summary, objectives: list[str]) -> None:
+    machine = machine_facts(trainer.device)
+    summary.device, summary.device_name, summary.machine = (
+        str(trainer.device),
+        machine["gpu"] or machine["cpu"],
+        machine,
+    )
+    said = ", ".join(objectives)
+    log.info(f"model: {summary.n_params:,} parameters; device: {trainer.device}; objective: {said}")
+
+
+def load_data(data: ImageData, device: torch.device) -> Splits:
+    splits = data.load(device)
     n_val = len(splits.val) if splits.val else 0
     log.info(
         f"data: {len(splits.train):,} train, {n_val:,} val, {len(splits.test):,} test images "
         f"({data.describe()}) from {data.root}"
     )
-    scheduler = build_scheduler(cfg, optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
-    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    history: list[EpochRecord] = []
-    if resume:
-        history = restore(folder, parts, scheduler, generator, summary, clock)
-    first_epoch = len(history) + 1  # of this invocation
-    precision = pin_precision(trainer, summary)
-    if trainer.precision_choice.warning is not None:
-        log.warning(trainer.precision_choice.warning)
-    log.info(f"precision: {precision['precision']} ({precision['reason']})")
-    began = summary.get("compile")  # a resumed run's choice, from its checkpoint
-    setting = trainer.compile if began is None else began["compiled"]  # resumed: trains as it began
-    epochs_left = trainer.epochs - len(history)
-    forward, compiling = trainer.compiled(model, splits.train, data.batch_size, epochs_left, setting)
-    reason = compiling.reason if began is None else as_before(began["reason"])
-    summary["compile"] = {"compiled": compiling.compile, "reason": reason}
-    log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
+    return splits
 
-    def on_epoch_end(record: EpochRecord) -> None:
-        history.append(record)
-        log.info(format_epoch(record, trainer.epochs))
-        folder.write_metrics(history)
-        better = is_better(metric, record[metric], summary.get("best_checkpoint_value"))
+
+def choose_compiling(
+    trainer: Trainer, run: Run, splits: Splits, batch_size: int, epochs_done: int
+) -> tuple[torch.nn.Module, CompileChoice]:
+    """The module training steps call, and whether it is compiled: a resumed run trains as it began."""
+    began = run.summary.compile  # a resumed run's choice, from its checkpoint
+    setting = trainer.compile if began is None else began["compiled"]
+    forward, compiling = trainer.compiled(run.model, splits.train, batch_size, trainer.epochs - epochs_done, setting)
+    reason = compiling.reason if began is None else as_before(began["reason"])
+    run.summary.compile = {"compiled": compiling.compile, "reason": reason}
+    log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
+    return forward, compiling
+
+
+class EpochRecorder:
+    """What happens after each epoch: the log line, metrics.csv, the best and last checkpoints,
+    summary.json, and the objective reported to the sweep (which may stop the run)."""
+
+    def __init__(
+        self,
+        run: Run,
+        parts: Parts,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        history: list[EpochRecord],
+        reporter: Reporter | None,
+        warm_graphs: str | None,
+    ) -> None:
+        self.run, self.parts, self.scheduler, self.generator = run, parts, scheduler, generator
+        self.history = history
+        self.reporter = reporter
+        self.metric = checkpoint_metric(run.objectives, run.cfg.data.val_size)  # picks best.pt
+        self.config = OmegaConf.to_container(run.cfg, resolve=True)
+        self.first_epoch = len(history) + 1
+        self.warm_graphs = warm_graphs  # the compiled graphs' cache key (None: eager), noted once compiled
+
+    def __call__(self, record: EpochRecord) -> None:
+        run, summary, epochs = self.run, self.run.summary, self.parts.trainer.epochs
+        self.history.append(record)
+        log.info(format_epoch(record, epochs))
+        run.folder.write_metrics(self.history)
+        better = is_better(self.metric, record[self.metric], summary.best_checkpoint_value)
         if better:
-            summary.update(best_checkpoint_epoch=record["epoch"], best_checkpoint_value=record[metric])
-        summary.update(summarize(history, objectives, summary["n_params"]), wall_time_s=clock.elapsed())
+            summary.best_checkpoint_epoch, summary.best_checkpoint_value = record["epoch"], record[self.metric]
+        record_epochs(summary, self.history, run.objectives)
+        summary.wall_time_s = run.clock.elapsed()
+        state = self.checkpoint(record)
+        if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
+            run.folder.save_checkpoint(BEST_CHECKPOINT, state)
+        run.folder.save_checkpoint(LAST_CHECKPOINT, state)
+        run.folder.write_summary(summary)
+        if self.warm_graphs is not None and record["epoch"] == self.first_epoch:
+            note_compiled(self.warm_graphs)  # the next run of these graphs starts warm
+        if self.reporter is not None:  # the first objective: Optuna prunes single-objective trials only
+            self.reporter.report(record["epoch"], summary.objective_value, last=record["epoch"] == epochs)
+
+    def checkpoint(self, record: EpochRecord) -> dict[str, Any]:
+        """Everything a resume needs to continue after this epoch (see restore)."""
+        summary, parts = self.run.summary, self.parts
         state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": self.run.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "epoch": record["epoch"],
             "metrics": record,
-            "history": list(history),
-            "config": resolved,
-            "rng": rng_state(generator),
-            "best": {key: summary[key] for key in ("best_checkpoint_epoch", "best_checkpoint_value")},
-            "compile": summary["compile"],
-            "precision": precision,
-            "wall_time_s": clock.elapsed(),
+            "history": list(self.history),
+            "config": self.config,
+            "rng": rng_state(self.generator),
+            "best": {
+                "best_checkpoint_epoch": summary.best_checkpoint_epoch,
+                "best_checkpoint_value": summary.best_checkpoint_value,
+            },
+            "compile": summary.compile,
+            "precision": summary.precision,
+            "wall_time_s": self.run.clock.elapsed(),
         }
         if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
             state["ema"] = parts.ema.state_dict()
-        if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
-            folder.save_checkpoint(BEST_CHECKPOINT, state)
-        folder.save_checkpoint(LAST_CHECKPOINT, state)
-        folder.write_summary(summary)
-        if compiling.compile and record["epoch"] == first_epoch:
-            note_compiled(compiling.key)  # the next run of these graphs starts warm
-        if reporter is not None:
-            value = summary["objective_value"]  # the first objective: Optuna prunes single-objective trials only
-            reporter.report(record["epoch"], value, last=record["epoch"] == trainer.epochs)
-
-    trainer.fit(
-        model, forward, optimizer, scheduler, data, splits, parts.augmentation, generator, on_epoch_end,
-        start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
-    )  # fmt: skip
+        return state
 
 
-def pin_precision(trainer: Trainer, summary: dict[str, Any]) -> dict[str, str]:
+def pin_precision(trainer: Trainer, summary: Summary) -> dict[str, str]:
     """The precision the run trains in, and why: a resumed run's from its checkpoint (in
-    summary["precision"]; `auto` may decide otherwise on another machine), else the trainer's
-    choice. Recorded in summary["precision"]."""
-    began = summary.get("precision")
+    summary.precision; `auto` may decide otherwise on another machine), else the trainer's
+    choice. Recorded in summary.precision."""
+    began = summary.precision
     if began is None:
         chosen = {"precision": trainer.precision, "reason": trainer.precision_choice.reason}
     else:
         trainer.precision = began["precision"]
         chosen = {"precision": began["precision"], "reason": as_before(began["reason"])}
-    summary["precision"] = chosen
+    summary.precision = chosen
     return chosen
 
 
@@ -249,29 +319,18 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore(
-    folder: RunFolder,
-    parts: Parts,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    summary: dict[str, Any],
-    clock: Clock,
+    run: Run, parts: Parts, scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator
 ) -> list[EpochRecord]:
     """Load the run's last checkpoint into the run's objects; returns the epochs it already ran."""
+    folder, summary = run.folder, run.summary
     for stale in folder.path.rglob(".*.tmp"):
         stale.unlink()  # a write cut short by the kill; the file it was replacing is intact
     path = folder.checkpoint(LAST_CHECKPOINT)
     if not path.is_file():
         log.info(f"resume: {folder.path} has no checkpoint yet, starting from the first epoch")
         return []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path} cannot be read ({error}); the run cannot be resumed from it") from error
-    try:
-        parts.model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])
-        raise UserError(f"{path} does not match the model in the run's config: {details}") from error
+    state = load_checkpoint(path, "the run cannot be resumed from it")
+    load_weights(parts.model, state["model"], path, "the run's config")
     parts.optimizer.load_state_dict(state["optimizer"])
     if parts.ema is not None:
         if "ema" not in state:
@@ -282,15 +341,15 @@ def restore(
     if state["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     generator.set_state(state["rng"]["generator"])
-    summary.update(state["best"])
-    for choice in ("compile", "precision"):  # older checkpoints have none: the config decides, as it did then
-        if choice in state:
-            summary[choice] = state[choice]
-    clock.earlier_s = state["wall_time_s"]
+    summary.best_checkpoint_epoch = state["best"]["best_checkpoint_epoch"]
+    summary.best_checkpoint_value = state["best"]["best_checkpoint_value"]
+    # older checkpoints have no compile or precision: the config decides, as it did then
+    summary.compile, summary.precision = state.get("compile"), state.get("precision")
+    run.clock.earlier_s = state["wall_time_s"]
     history = list(state["history"])
     folder.write_metrics(history)  # drop any row written after this checkpoint
-    objectives = list(summary["objectives"])
-    summary.update(summarize(history, objectives, summary["n_params"]), resumed_after_epoch=state["epoch"])
+    record_epochs(summary, history, run.objectives)
+    summary.resumed_after_epoch = state["epoch"]
     log.info(f"resume: continuing {folder.path} after epoch {state['epoch']}")
     return history
 
@@ -329,42 +388,32 @@ def build_scheduler(
     return make(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
 
-def base_summary(cfg: DictConfig, objectives: list[str], n_params: int) -> dict[str, Any]:
-    """The summary before the first epoch. `objective` and `objective_value` are the first objective's;
-    `objectives` maps each objective to its value."""
-    return {
-        "status": RunStatus.RUNNING,
-        "n_params": n_params,
-        "epochs": cfg.trainer.epochs,
-        "epochs_run": 0,
-        "objective": objectives[0],
-        "objective_value": None,
-        "objectives": {name: None for name in objectives},
-        "seed": cfg.seed,
-        "git_commit": git_commit(),
-        "versions": versions(),
-    }
+def new_summary(cfg: DictConfig, objectives: list[str], n_params: int, seed: int) -> Summary:
+    """The summary before the first epoch."""
+    return Summary(
+        n_params=n_params,
+        epochs=cfg.trainer.epochs,
+        objectives=dict.fromkeys(objectives),
+        seed=seed,
+        git_commit=git_commit(),
+        versions=versions(),
+    )
 
 
-def summarize(history: list[EpochRecord], objectives: list[str], n_params: int) -> dict[str, Any]:
-    """Final and best value (with its epoch) of each accuracy, and each objective's final value."""
+def record_epochs(summary: Summary, history: list[EpochRecord], objectives: list[str]) -> None:
+    """Each objective's value after the latest epoch, and the final and best (with its epoch) value of each metric."""
     final = history[-1]
-    facts = {N_PARAMS: n_params, TRAIN_SECONDS: sum(record["seconds"] for record in history)}
-    values = {name: facts[name] if name in facts else final[name] for name in objectives}
-    summary: dict[str, Any] = {
-        "epochs_run": len(history),
-        "objective_value": values[objectives[0]],
-        "objectives": values,
-    }
+    facts = {N_PARAMS: summary.n_params, TRAIN_SECONDS: sum(record["seconds"] for record in history)}
+    summary.epochs_run = len(history)
+    summary.objectives = {name: facts[name] if name in facts else final[name] for name in objectives}
     for metric in ("train_loss", "val_acc", "test_acc", "val_loss", "test_loss"):
         if metric not in final:
             continue
-        summary[f"final_{metric}"] = final[metric]
-        if metric.endswith("_acc"):
+        summary.figures[f"final_{metric}"] = final[metric]
+        if direction_of(metric) == MAXIMIZE:
             best = max(history, key=lambda record: record[metric])
-            summary[f"best_{metric}"] = best[metric]
-            summary[f"best_{metric}_epoch"] = best["epoch"]
-    return summary
+            summary.figures[f"best_{metric}"] = best[metric]
+            summary.figures[f"best_{metric}_epoch"] = best["epoch"]
 
 
 def format_epoch(record: EpochRecord, epochs: int) -> str:

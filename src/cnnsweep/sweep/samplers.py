@@ -1,4 +1,5 @@
-"""Optuna samplers as cnnsweep's sweeps use them: a grid over any search space, and per-trial seeding.
+"""Optuna samplers as cnnsweep's sweeps use them: a grid over any search space, a GP that learns the
+parameter budget, and per-trial seeding.
 
 Every sampler option (`hydra/sweeper/sampler=tpe|random|gp|qmc|cmaes|nsgaii|nsgaiii|grid`) runs with
 every search space: the grid sampler splits continuous intervals into `interval_points` values, and a
@@ -7,16 +8,20 @@ seeded sampler is reseeded for each trial from the seed, the study's name and th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
+from cnnsweep.sweep.study import BUDGET_CONSTRAINT
 
 # Private Optuna attributes (1 of 2): the sampler's own random state, by attribute name. Optuna keeps it in
 # private attributes (each a LazyRandomState whose public `.rng` is a numpy RandomState) and offers no way
@@ -45,6 +50,64 @@ class GridSearch(optuna.samplers.GridSampler):
     @property
     def n_points(self) -> int:
         return math.prod(len(choices) for choices in self.choices.values())
+
+
+class BudgetAwareGP(optuna.samplers.GPSampler):
+    """Optuna's GPSampler (`hydra/sweeper/sampler=gp`), shown the draws over the parameter budget.
+
+    A draw over budget.max_params never trains: the sweeper records it PRUNED with its positive
+    budget constraint. GPSampler models objectives and constraints from COMPLETE trials only, so it
+    never saw those draws and proposed the same over-budget region again and again (on the
+    architecture search, every draw after its 10 random ones). Here it sees each one as the
+    infeasible result it is (OverBudgetShown): its constraint teaches the feasibility model where
+    the budget ends, and the worst value of the trials that trained tells the objective's model
+    that nothing better lies there. The study itself is not changed.
+    """
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(OverBudgetShown(study), trial, search_space)
+
+
+class OverBudgetShown:
+    """A view of a study in which its over-budget draws (PRUNED, budget constraint > 0) are COMPLETE
+    trials with the worst value each objective reached in the trials that trained; the rest is the study's.
+
+    Private Optuna attribute (2 of 2): GPSampler.sample_relative reads the study's trials through the
+    private `Study._get_trials` (it bypasses the public get_trials' cache rules); the view answers that
+    call. tests/test_samplers.py::test_the_gp_sampler_still_reads_trials_through_the_private_get_trials
+    fails if GPSampler stops calling it.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.study, name)
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False
+    ) -> list[FrozenTrial]:
+        trials = self.study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if states is not None and TrialState.COMPLETE not in states:
+            return trials
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pruned = self.study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=use_cache)
+        over = [t for t in pruned if t.constraints.get(BUDGET_CONSTRAINT, 0.0) > 0]
+        if not complete or not over:
+            return trials
+        columns = zip(*(t.values for t in complete), strict=True)  # each objective's values
+        worst = [
+            min(values) if direction == StudyDirection.MAXIMIZE else max(values)
+            for direction, values in zip(self.study.directions, columns, strict=True)
+        ]
+        shown = []
+        for trial in over:
+            seen = copy.copy(trial)
+            seen.state, seen.values = TrialState.COMPLETE, worst
+            shown.append(seen)
+        return sorted([*trials, *shown], key=lambda t: t.number)
 
 
 def grid_choices(distribution: BaseDistribution, points: int) -> list[Any]:

@@ -14,7 +14,12 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import GridSamplerConfig, OptunaSweeperConf, TPESamplerConfig
+from hydra_plugins.hydra_optuna_sweeper.config import (
+    GPSamplerConfig,
+    GridSamplerConfig,
+    OptunaSweeperConf,
+    TPESamplerConfig,
+)
 from omegaconf import MISSING, DictConfig
 
 from cnnsweep.files import STUDY_DB
@@ -79,6 +84,14 @@ class TPEConf(TPESamplerConfig):
 
     multivariate: bool = True
     constant_liar: bool = True
+
+
+@dataclass
+class GPConf(GPSamplerConfig):
+    """`hydra/sweeper/sampler=gp`: Optuna's GPSampler, shown the draws over the parameter budget as infeasible
+    results (cnnsweep.sweep.samplers.BudgetAwareGP); Optuna's own sees only trials that trained."""
+
+    _target_: str = "cnnsweep.sweep.samplers.BudgetAwareGP"
 
 
 @dataclass
@@ -158,11 +171,13 @@ class CnnsweepSweeper(Sweeper):
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="cnnsweep", node=CnnsweepSweeperConf, provider="cnnsweep")
-# Replace hydra-optuna-sweeper's `grid`, `tpe` and `motpe` (whose config module is imported above, so its own
-# entries are stored first): its grid cannot split intervals, so it ran with no search space that has one; its
-# TPE turns off multivariate and constant_liar; its motpe raises a ValueError with a traceback.
+# Replace hydra-optuna-sweeper's `grid`, `tpe`, `gp` and `motpe` (whose config module is imported above, so its
+# own entries are stored first): its grid cannot split intervals, so it ran with no search space that has one;
+# its TPE turns off multivariate and constant_liar; its GP keeps drawing over budget; its motpe raises a
+# ValueError with a traceback.
 store.store(group="hydra/sweeper/sampler", name="grid", replace=True, node=GridConf, provider="cnnsweep")
 store.store(group="hydra/sweeper/sampler", name="tpe", replace=True, node=TPEConf, provider="cnnsweep")
+store.store(group="hydra/sweeper/sampler", name="gp", replace=True, node=GPConf, provider="cnnsweep")
 store.store(group="hydra/sweeper/sampler", name="motpe", replace=True, node=MotpeRemovedConf, provider="cnnsweep")
 for name, node in (
     ("median", MedianPrunerConf),

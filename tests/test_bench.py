@@ -1,24 +1,20 @@
 """`python -m cnnsweep.bench` measures every variant and prints comparable numbers."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import tool
 
 from cnnsweep.tools.bench import format_table
 from cnnsweep.train.machine import machine_facts, machine_label
 
 
 def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "cnnsweep.bench", f"data.root={tiny_mnist}", "data.download=false",
-            "trainer.device=cpu", "--batches", "3", "--eval-batches", "1", "--rounds", "2", "--warmup", "1",
-            "--workers", "0", "--json", "--also", "nhwc=trainer.channels_last=true",
-        ],
-        capture_output=True, text=True, timeout=300,
+    result = tool(
+        "bench", f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "--batches", "3",
+        "--eval-batches", "1", "--rounds", "2", "--warmup", "1", "--workers", "0", "--json",
+        "--also", "nhwc=trainer.channels_last=true",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -41,14 +37,12 @@ def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
 
 
 def test_bench_refuses_an_unknown_variant():
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnsweep.bench", "--variants", "classic,turbo"], capture_output=True, text=True
-    )
+    result = tool("bench", "--variants", "classic,turbo")
     assert result.returncode == 2 and "unknown variant(s) ['turbo']" in result.stderr
 
 
 def test_bench_refuses_the_classic_pipeline_on_data_it_cannot_read():
-    result = subprocess.run([sys.executable, "-m", "cnnsweep.bench", "data=cifar10"], capture_output=True, text=True)
+    result = tool("bench", "data=cifar10")
     assert result.returncode == 2
     assert "the classic variant reads MNIST-like data only, not cnnsweep.train.data.CIFAR10Data" in result.stderr
 

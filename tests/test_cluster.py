@@ -4,7 +4,6 @@ database restarted while a worker needs it."""
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import read_trials, train_py
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
@@ -25,8 +25,6 @@ from cnnsweep.sweep.storage import StorageUnavailable
 from cnnsweep.sweep.study import open_storage
 from cnnsweep.sweep.trial import connect_trial
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow  # submitit jobs and a PostgreSQL server
 
@@ -68,21 +66,13 @@ def sweep_args(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
 def start_sweep(args: list[str], storage_url: str | None = None) -> subprocess.Popen:
     """`python train.py ARGS` with its output in a pipe and, if given, the storage URL in its environment."""
     environment = {**os.environ, STORAGE_VARIABLE: storage_url} if storage_url else None
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return train_py(*args, wait=False, env=environment, stderr=subprocess.PIPE)
 
 
 def finish(process: subprocess.Popen, timeout_s: float = 300) -> tuple[str, str]:
     stdout, stderr = process.communicate(timeout=timeout_s)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout, stderr
-
-
-def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / "trials.csv") as table:
-        return list(csv.DictReader(table))
 
 
 def submitit_jobs(sweep_dir: Path) -> list[Path]:

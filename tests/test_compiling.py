@@ -8,8 +8,7 @@ import signal
 
 import pytest
 import torch
-from test_model import SEED_LAYOUT, SEED_WIDTHS
-from test_reliability import metrics, summary, train_py, wait_for_rows
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
 
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 from cnnsweep.train import compiling
@@ -17,8 +16,6 @@ from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, gra
 from cnnsweep.train.data import Split
 from cnnsweep.train.loop import Trainer
 from cnnsweep.train.model import ConvNet, Dropout
-
-from conftest import tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -149,8 +146,6 @@ def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path)
 def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
     from cnnsweep.train.run import train
 
-    from conftest import compose_train
-
     train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)
     assert summary(tmp_path)["compile"] == {
         "compiled": False,
@@ -160,8 +155,6 @@ def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
 
 def test_a_resumed_run_trains_as_it_began_whatever_auto_would_say_now(tiny_mnist, tmp_path, cache, monkeypatch):
     from cnnsweep.train.run import train
-
-    from conftest import compose_train
 
     train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)  # auto, cold cache: eager
     began = summary(tmp_path)["compile"]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import CONF, compose_train
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
@@ -10,8 +11,6 @@ from cnnsweep.train.augment import NoAugmentation, RandomAffine, RandomCropFlip,
 from cnnsweep.train.data import ImageData
 from cnnsweep.train.loop import Trainer
 from cnnsweep.train.model import check_budget, count_parameters
-
-from conftest import CONF, compose_train
 
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "trainer")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]

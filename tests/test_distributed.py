@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import datetime
 import functools
 import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,13 +16,12 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+from helpers import read_trials, train_py
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from postgres import throwaway_server
 
 from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
 
@@ -79,9 +76,7 @@ def worker(
     ]  # fmt: skip
     output = log.open("wb") if log else subprocess.PIPE
     try:
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=output, stderr=subprocess.STDOUT
-        )
+        return train_py(*args, wait=False, stdout=output, text=False)
     finally:
         if log:
             output.close()  # the child holds its own copy
@@ -234,8 +229,7 @@ def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_reru
     counted_trials = [t for t in trials if counted(t)]
     assert len(counted_trials) == n_trials and all(t.state == TrialState.COMPLETE for t in counted_trials)
     assert sorted(t.number for t in trials) == list(range(len(trials))), describe(trials)
-    with (tmp_path / "survivor" / "trials.csv").open() as table:
-        rows = {int(row["number"]): row for row in csv.DictReader(table)}
+    rows = {int(row["number"]): row for row in read_trials(tmp_path / "survivor")}
     assert rows[failed.number]["state"] == "FAIL" and elsewhere in rows[failed.number]["reason"]
     assert rows[retry.number]["state"] == "COMPLETE"
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from test_model import SEED_LAYOUT, SEED_WIDTHS
+from helpers import SEED_LAYOUT, SEED_WIDTHS
 from torch import nn
 
 from cnnsweep.errors import UserError

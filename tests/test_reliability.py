@@ -3,13 +3,11 @@ refused in one line before any training."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,40 +15,11 @@ import optuna
 import pytest
 import torch
 import yaml
+from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
 
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
 from cnnsweep.train.run import train
-
-from conftest import REPO, compose_train, tiny_overrides
-
-TIMING_COLUMNS = ("seconds", "images_per_s")
-
-
-def train_py(*args: str, wait: bool = True, runner: Path | None = None):
-    command = [sys.executable, str(runner or REPO / "train.py"), *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as file:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(file)]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def wait_for_rows(run_dir: Path, rows: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run_dir / "metrics.csv").is_file() and len(metrics(run_dir)) >= rows:
-            return
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.05)
-    raise AssertionError(f"{run_dir} never reached {rows} epochs")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +31,9 @@ def uninterrupted(tiny_mnist, tmp_path_factory) -> Path:
     return run_dir
 
 
-def start_run(tiny_mnist: Path, run_dir: Path, runner: Path | None = None) -> subprocess.Popen:
+def start_run(tiny_mnist: Path, run_dir: Path) -> subprocess.Popen:
     overrides = tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100")
-    return train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False, runner=runner)
+    return train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False)
 
 
 @pytest.mark.slow
@@ -120,11 +89,8 @@ def test_a_kill_in_the_middle_of_writing_a_checkpoint_loses_nothing(tiny_mnist, 
     runner = tmp_path / "slow_checkpoint.py"
     runner.write_text(SLOW_CHECKPOINT)
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, str(runner), str(REPO / "train.py"),
-         *tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100"), f"hydra.run.dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    overrides = tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100")
+    process = train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False, runner=runner)
     for line in process.stdout:
         if "HALF-WRITTEN" in line:
             break
@@ -314,10 +280,7 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
         "hydra.sweeper.study_name=test",
         "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    sweep = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args, "trainer.epochs=30"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    sweep = train_py(*args, "trainer.epochs=30", wait=False, start_new_session=True)
     deadline = time.time() + 120
     while not list(sweep_dir.glob("*/metrics.csv")) and time.time() < deadline:  # a trial is training
         time.sleep(0.1)
@@ -330,13 +293,13 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
         "rerun the same command to continue"
     )
 
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    storage = study_url(sweep_dir)
     stopped = optuna.load_study(study_name="test", storage=storage).trials
     assert not [t for t in stopped if t.state.name == "RUNNING"], "nothing is left RUNNING"
     interrupted = [t for t in stopped if t.state.name == "FAIL"]
     assert interrupted and all(t.user_attrs["reason"] == "Interrupted: interrupted by SIGINT" for t in interrupted)
     assert all(t.user_attrs["requeued"] for t in interrupted)
-    rows = list(csv.DictReader(open(sweep_dir / "trials.csv")))
+    rows = read_trials(sweep_dir)
     assert {(row["number"], row["state"]) for row in rows} == {(str(t.number), t.state.name) for t in stopped}
     assert len([t for t in stopped if t.state.name == "WAITING"]) == len(interrupted)  # queued to run again
 

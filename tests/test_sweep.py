@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from helpers import REPO, load_study, read_trials, summary, tool, train_py
 
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.train.model import ConvNet, count_parameters
-
-from conftest import REPO
 
 
 def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
@@ -61,27 +58,11 @@ def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
     )
 
 
-def train_py(*args: str, wait: bool = True):
-    command = [sys.executable, str(REPO / "train.py"), *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
     """The one `error:` line a sweep that stopped early ends with (and no traceback)."""
     assert result.returncode == exit_code and "Traceback" not in result.stdout + result.stderr, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     return line
-
-
-def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / "trials.csv") as file:
-        return list(csv.DictReader(file))
-
-
-def load_study(sweep_dir: Path, name: str = "test") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
 
 
 def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
@@ -94,10 +75,10 @@ def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     assert [row["number"] for row in rows] == ["0", "1", "2"]
     assert {row["state"] for row in rows} == {"COMPLETE"}
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        said = summary(row["run_dir"])
         assert Path(row["run_dir"]) == sweep_dir / row["number"]
-        assert summary["objective"] == "val_acc" and float(row["value"]) == summary["objective_value"]
-        assert float(row["test_acc"]) == summary["final_test_acc"]
+        assert said["objective"] == "val_acc" and float(row["value"]) == said["objective_value"]
+        assert float(row["test_acc"]) == said["final_test_acc"]
         assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1" and float(row["duration_s"]) > 0
         assert 0.005 <= float(row["optimizer.lr"]) <= 0.2 and 0.0 <= float(row["model.dropout"]) <= 0.2
         config = yaml.safe_load((Path(row["run_dir"]) / ".hydra" / "config.yaml").read_text())
@@ -158,8 +139,8 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tiny_mnist, tmp_pa
     for row in read_trials(sweep_dir):
         assert row["state"] == "PRUNED" and row["epochs_run"] == "1"
         assert row["reason"].startswith("pruned after epoch 1")
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["status"] == "pruned"
+        said = summary(row["run_dir"])
+        assert said["status"] == "pruned"
     assert {t.state for t in load_study(sweep_dir).trials} == {optuna.trial.TrialState.PRUNED}
 
 
@@ -292,8 +273,8 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
         ("1", "0.1", "COMPLETE"),
     ]
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert float(row["value"]) == summary["objective_value"] and int(row["n_params"]) == 18_970
+        said = summary(row["run_dir"])
+        assert float(row["value"]) == said["objective_value"] and int(row["n_params"]) == 18_970
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["name"] == "grid" and best["best_trial"] in (0, 1)
 
@@ -317,15 +298,12 @@ def test_a_loss_objective_is_minimised_and_its_lowest_trial_is_best(tiny_mnist, 
     rows = read_trials(sweep_dir)
     lowest = min(rows, key=lambda row: float(row["value"]))
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["objective"] == "val_loss" and float(row["value"]) == summary["final_val_loss"]
+        said = summary(row["run_dir"])
+        assert said["objective"] == "val_loss" and float(row["value"]) == said["final_val_loss"]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert (best["objective"], best["direction"]) == ("val_loss", "minimize")
     assert best["best_trial"] == int(lowest["number"]) == study.best_trial.number
-    report = subprocess.run(
-        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir), "--format", "json", "--no-plots"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    report = tool("report", sweep_dir, "--format", "json", "--no-plots")
     [sweep] = json.loads(report.stdout)["sweeps"]
     assert sweep["directions"] == ["minimize"] and sweep["best"]["number"] == int(lowest["number"])
 
@@ -359,13 +337,13 @@ def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(ti
     rows = read_trials(sweep_dir)
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     for row, trial in zip(rows, study.trials, strict=True):
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["objectives"] == {
-            "val_acc": summary["final_val_acc"], "n_params": summary["n_params"],
-            "train_seconds": pytest.approx(summary["objectives"]["train_seconds"]),
+        said = summary(row["run_dir"])
+        assert said["objectives"] == {
+            "val_acc": said["final_val_acc"], "n_params": said["n_params"],
+            "train_seconds": pytest.approx(said["objectives"]["train_seconds"]),
         }  # fmt: skip
-        assert trial.values == [summary["final_val_acc"], summary["n_params"], summary["objectives"]["train_seconds"]]
-        assert float(row["value_val_acc"]) == trial.values[0] and int(row["value_n_params"]) == summary["n_params"]
+        assert trial.values == [said["final_val_acc"], said["n_params"], said["objectives"]["train_seconds"]]
+        assert float(row["value_val_acc"]) == trial.values[0] and int(row["value_n_params"]) == said["n_params"]
         assert float(row["value_train_seconds"]) == pytest.approx(trial.values[2])
 
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -377,9 +355,7 @@ def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(ti
         assert entry["command"].startswith("python train.py ") and "model.widths.0=" in entry["command"]
         assert entry["values"]["n_params"] == entry["n_params"]
 
-    report = subprocess.run(
-        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir)], capture_output=True, text=True, timeout=120
-    )
+    report = tool("report", sweep_dir)
     assert f"Pareto front ({len(front)} trials, best val_acc first)" in report.stdout
     assert (sweep_dir / "pareto_front.png").stat().st_size > 10_000
 

@@ -160,7 +160,7 @@ def test_resume_refuses_other_overrides_and_sweeps(uninterrupted):
     result = train_py(f"resume={uninterrupted}", "optimizer.lr=0.5")
     assert result.returncode == 2 and "drop the other overrides ['optimizer.lr=0.5']" in result.stdout + result.stderr
     result = train_py("--multirun", f"resume={uninterrupted}")
-    assert result.returncode != 0 and "it cannot be swept" in result.stdout + result.stderr
+    assert result.returncode == 1 and "it cannot be swept" in result.stdout + result.stderr  # the job's error
 
 
 # (overrides, what the one line says): refused while the config is composed, before Hydra makes anything
@@ -236,7 +236,7 @@ def test_a_sweep_with_an_unset_value_stops_in_one_line_before_any_trial_trains(t
         "--multirun", "data=image_folder", "hparams_search=lr_gamma_dropout", "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
     assert errors == [
         "error: trial 0 cannot start: data.root is not set (??? in the config): give data.root=VALUE on the "

@@ -52,8 +52,9 @@ def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
     one_batch = Split(torch.zeros(16, 1, 28, 28, dtype=torch.uint8), torch.zeros(16, dtype=torch.long))
-    forward, choice = trainer.compiled(ConvNet(SEED_WIDTHS, SEED_LAYOUT), one_batch, 16, 1)
-    assert choice.compile and forward is not None
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    forward, choice = trainer.compiled(model, one_batch, 16, 1)
+    assert choice.compile and forward is not model and forward._orig_mod is model  # torch.compile's wrapper
     assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # set before torch compiles anything
 
 

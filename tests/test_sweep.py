@@ -74,13 +74,15 @@ def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     rows = read_trials(sweep_dir)
     assert [row["number"] for row in rows] == ["0", "1", "2"]
     assert {row["state"] for row in rows} == {"COMPLETE"}
-    for row in rows:
+    study = load_study(sweep_dir)
+    for row, trial in zip(rows, study.trials, strict=True):  # the table says what the study holds
+        assert {name: float(row[name]) for name in trial.params} == pytest.approx(trial.params)
+        assert float(row["duration_s"]) == round(trial.duration.total_seconds(), 1)
         said = summary(row["run_dir"])
         assert Path(row["run_dir"]) == sweep_dir / row["number"]
         assert said["objective"] == "val_acc" and float(row["value"]) == said["objective_value"]
         assert float(row["test_acc"]) == said["final_test_acc"]
-        assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1" and float(row["duration_s"]) > 0
-        assert 0.005 <= float(row["optimizer.lr"]) <= 0.2 and 0.0 <= float(row["model.dropout"]) <= 0.2
+        assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1"
         config = yaml.safe_load((Path(row["run_dir"]) / ".hydra" / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == pytest.approx(float(row["optimizer.lr"]))
         assert "hydra.sweeper.trial" not in (Path(row["run_dir"]) / ".hydra" / "overrides.yaml").read_text()
@@ -93,7 +95,6 @@ def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     assert f"optimizer.lr={best['best_params']['optimizer.lr']}" in best["best_command"]
     assert "hparams_search=lr_gamma_dropout" in best["best_overrides"]
 
-    study = load_study(sweep_dir)
     assert [t.intermediate_values for t in study.trials] == [{1: float(row["value"])} for row in rows]
     assert study.metric_names == ["val_acc"]  # the dashboard and Optuna's plots name the objective
     # every trial carries its distance to the budget as an Optuna constraint (feasible: <= 0)
@@ -276,7 +277,8 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
         said = summary(row["run_dir"])
         assert float(row["value"]) == said["objective_value"] and int(row["n_params"]) == 18_970
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["name"] == "grid" and best["best_trial"] in (0, 1)
+    top = max(rows, key=lambda row: float(row["value"]))
+    assert best["name"] == "grid" and best["best_trial"] == int(top["number"])
 
 
 def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_after(tmp_path):

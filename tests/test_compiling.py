@@ -10,6 +10,8 @@ import pytest
 import torch
 from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
 
+from cnnsweep.artifacts import RunStatus
+from cnnsweep.files import SUMMARY_FILE
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 from cnnsweep.train import compiling
 from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
@@ -124,7 +126,7 @@ def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnis
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143, output
-    assert summary(run_dir)["status"] == "interrupted" and len(metrics(run_dir)) < 8
+    assert summary(run_dir)["status"] == RunStatus.INTERRUPTED and len(metrics(run_dir)) < 8
 
     result = train_py(f"resume={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -140,8 +142,8 @@ def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path)
     assert result.returncode == 1
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
-    stopped = json.loads((run_dir / "summary.json").read_text())
-    assert stopped["status"] == "diverged" and stopped["compile"]["compiled"] is True
+    stopped = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert stopped["status"] == RunStatus.DIVERGED and stopped["compile"]["compiled"] is True
 
 
 def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import compose_train, metrics, summary, tiny_overrides
 
+from cnnsweep.files import METRICS_FILE
 from cnnsweep.train import machine
 from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
 from cnnsweep.train.run import train
@@ -111,7 +112,7 @@ def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_
     from cnnsweep.tools.evaluate import evaluate_checkpoint
 
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path)
-    recorded = (tmp_path / "metrics.csv").read_text().splitlines()
+    recorded = (tmp_path / METRICS_FILE).read_text().splitlines()
     header, last = recorded[0].split(","), recorded[-1].split(",")
     evaluation = evaluate_checkpoint(tmp_path, "last", device="cpu")
     assert evaluation["precision"] == "bf16"

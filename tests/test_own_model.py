@@ -10,6 +10,8 @@ import re
 import pytest
 from helpers import REPO, read_trials, summary, tiny_overrides, tool, train_py
 
+from cnnsweep.artifacts import RunStatus
+
 pytestmark = pytest.mark.slow  # four train.py processes, one of them a sweep: about a minute on 2 cores
 
 
@@ -32,7 +34,7 @@ def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_fold
     result = train_py(*mine, "model.width=24", *tiny_overrides(tiny_mnist), f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     said = summary(run)
-    assert said["status"] == "completed" and said["n_params"] == 18 * 24**2 + 198 * 24 + 10
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 18 * 24**2 + 198 * 24 + 10
     assert said["final_test_acc"] > 0.2  # 1 epoch of 600 synthetic digits: well above chance (0.1)
 
     evaluated = tool("evaluate", run, cwd=tmp_path)

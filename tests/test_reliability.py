@@ -17,8 +17,11 @@ import torch
 import yaml
 from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
+from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.sweep.study import REASON, REQUEUED
 from cnnsweep.train.run import train
 
 
@@ -44,14 +47,14 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tiny_mnist, tmp_p
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = len(metrics(run_dir))
-    assert summary(run_dir)["status"] == "running" and killed_at < 5
+    assert summary(run_dir)["status"] == RunStatus.RUNNING and killed_at < 5
 
     original = (run_dir / ".hydra" / "config.yaml").read_text()
     result = train_py(f"resume={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert metrics(run_dir) == metrics(uninterrupted)
     resumed = summary(run_dir)
-    assert resumed["status"] == "completed" and resumed["resumed_after_epoch"] in range(1, killed_at + 1)
+    assert resumed["status"] == RunStatus.COMPLETED and resumed["resumed_after_epoch"] in range(1, killed_at + 1)
     assert resumed["objective_value"] == summary(uninterrupted)["objective_value"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == original  # the run's own record is kept
     assert list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
@@ -119,7 +122,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     assert process.returncode == exit_code, output
     name = signal.Signals(signal_number).name
     stopped = summary(run_dir)
-    assert stopped["status"] == "interrupted" and stopped["error"] == f"Interrupted: interrupted by {name}"
+    assert stopped["status"] == RunStatus.INTERRUPTED and stopped["error"] == f"Interrupted: interrupted by {name}"
     assert f"error: interrupted by {name}" in output and "Traceback" not in output
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == stopped["epochs_run"] == len(metrics(run_dir))  # consistent with each other
@@ -136,11 +139,11 @@ def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path):
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
     stopped = summary(run_dir)
-    assert stopped["status"] == "diverged" and stopped["diverged_at"]["epoch"] == 1
+    assert stopped["status"] == RunStatus.DIVERGED and stopped["diverged_at"]["epoch"] == 1
     # seeded: steps of lr 1e9 throw the weights so far that the fourth batch's loss is NaN
     assert stopped["diverged_at"]["batch"] == 4 and stopped["epochs_run"] == 0
     assert "training diverged: loss nan at epoch 1, batch 4 " in lines[0]  # the line names the same place
-    assert not (run_dir / "metrics.csv").exists()
+    assert not (run_dir / METRICS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -208,11 +211,11 @@ def test_bad_values_are_refused_before_any_training(tiny_mnist, tmp_path, overri
     with pytest.raises(UserError) as error:
         train(compose_train(tiny_overrides(tiny_mnist, *overrides)), tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
-    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / METRICS_FILE).exists() and not (tmp_path / "checkpoints").exists()
     if overrides[0].startswith("model."):  # the model is built first: a bad one leaves nothing behind
         assert list(tmp_path.iterdir()) == []
     else:  # after that, summary.json says how the run ended
-        assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+        assert json.loads((tmp_path / SUMMARY_FILE).read_text())["status"] == RunStatus.FAILED
 
 
 @pytest.mark.parametrize(
@@ -228,7 +231,7 @@ def test_train_py_says_it_in_one_line_and_exits_2(tiny_mnist, tmp_path, override
     error_lines = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(error_lines) == 1 and message in error_lines[0], output
     assert "Traceback" not in output
-    assert run_dir.exists() == folder_made and not (run_dir / "metrics.csv").exists()
+    assert run_dir.exists() == folder_made and not (run_dir / METRICS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -242,9 +245,9 @@ def test_a_sweep_with_an_unset_value_stops_in_one_line_before_any_trial_trains(t
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
     assert errors == [
         "error: trial 0 cannot start: data.root is not set (??? in the config): give data.root=VALUE on the "
-        f"command line; trials on record in {sweep_dir / 'trials.csv'}"
+        f"command line; trials on record in {sweep_dir / TRIALS_FILE}"
     ]
-    assert not list(sweep_dir.glob("*/metrics.csv"))  # no trial trained
+    assert not list(sweep_dir.glob(f"*/{METRICS_FILE}"))  # no trial trained
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused(tiny_mnist, tmp_path):
@@ -284,14 +287,14 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
     ]  # fmt: skip
     sweep = train_py(*args, "trainer.epochs=30", wait=False, start_new_session=True)
     deadline = time.time() + 120
-    while not list(sweep_dir.glob("*/metrics.csv")) and time.time() < deadline:  # a trial is training
+    while not list(sweep_dir.glob(f"*/{METRICS_FILE}")) and time.time() < deadline:  # a trial is training
         time.sleep(0.1)
     os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 130 and "Traceback" not in output, output
     [said] = [line for line in output.splitlines() if line.startswith("error:")]
     assert said == (
-        f"error: sweep interrupted by SIGINT: trials on record in {sweep_dir / 'trials.csv'}; "
+        f"error: sweep interrupted by SIGINT: trials on record in {sweep_dir / TRIALS_FILE}; "
         "rerun the same command to continue"
     )
 
@@ -299,8 +302,8 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
     stopped = optuna.load_study(study_name="test", storage=storage).trials
     assert not [t for t in stopped if t.state.name == "RUNNING"], "nothing is left RUNNING"
     interrupted = [t for t in stopped if t.state.name == "FAIL"]
-    assert interrupted and all(t.user_attrs["reason"] == "Interrupted: interrupted by SIGINT" for t in interrupted)
-    assert all(t.user_attrs["requeued"] for t in interrupted)
+    assert interrupted and all(t.user_attrs[REASON] == "Interrupted: interrupted by SIGINT" for t in interrupted)
+    assert all(t.user_attrs[REQUEUED] for t in interrupted)
     rows = read_trials(sweep_dir)
     assert {(row["number"], row["state"]) for row in rows} == {(str(t.number), t.state.name) for t in stopped}
     assert len([t for t in stopped if t.state.name == "WAITING"]) == len(interrupted)  # queued to run again

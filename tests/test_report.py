@@ -13,6 +13,9 @@ import yaml
 from helpers import read_metrics, summary, tool, train_py
 from PIL import Image
 
+from cnnsweep.artifacts import RunStatus
+from cnnsweep.files import SUMMARY_FILE
+
 
 def sweep(*args: str) -> None:
     result = train_py(*args)
@@ -100,7 +103,7 @@ def test_report_refuses_an_empty_folder_and_a_run_without_an_epoch(tmp_path):
     assert f"no runs under {tmp_path}" in empty.stderr
     half = tmp_path / "half"
     (half / ".hydra").mkdir(parents=True)
-    (half / "summary.json").write_text(json.dumps({"status": "running", "n_params": 18970}))
+    (half / SUMMARY_FILE).write_text(json.dumps({"status": RunStatus.RUNNING, "n_params": 18970}))
     result = tool("report", half)
     assert result.returncode == 2 and "has no finished epoch (status: running" in result.stderr
     missing = tool("report", tmp_path / "nowhere")
@@ -130,7 +133,7 @@ def test_evaluate_reproduces_the_recorded_test_accuracy(grid_sweep):
 def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_sweep, tmp_path):
     half = tmp_path / "half"
     (half / ".hydra").mkdir(parents=True)
-    (half / "summary.json").write_text(json.dumps({"status": "running"}))
+    (half / SUMMARY_FILE).write_text(json.dumps({"status": RunStatus.RUNNING}))
     result = tool("evaluate", half)
     assert result.returncode == 2 and "stopped before its first epoch ended, so it has no checkpoint" in result.stderr
 

@@ -6,7 +6,9 @@ from helpers import compose_train, metrics, read_metrics, summary, tiny_override
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
+from cnnsweep.files import METRICS_FILE
 from cnnsweep.objectives import resolve_objective
 from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import evaluate
@@ -24,7 +26,7 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])  # seeded: the second epoch learnt more
 
     said = summary(tmp_path)
-    assert said["status"] == "completed" and said["n_params"] == 18_970
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 18_970
     assert said["objective"] == "val_acc" and said["objective_value"] == objective
     assert objective == float(rows[-1]["val_acc"])
     assert said["final_test_acc"] == float(rows[-1]["test_acc"])
@@ -89,7 +91,7 @@ def test_over_budget_is_refused_in_one_line_before_reading_data(tmp_path):
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1
     assert "model has 18,970 parameters, over the budget of 1,000" in errors[0]
-    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    assert not (run_dir / METRICS_FILE).exists() and not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.slow
@@ -133,7 +135,7 @@ def test_train_py_runs_on_generated_cifar10_and_an_image_folder(
     result = train_py(*tiny_overrides(root, f"data={option}", *extra), f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     said = summary(run_dir)
-    assert said["status"] == "completed" and said["n_params"] == n_params
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == n_params
     log = (run_dir / "train.log").read_text()
     assert f"model: {n_params:,} parameters" in log
     if option == "image_folder":
@@ -151,7 +153,7 @@ def test_the_seed_network_on_cifar10_is_refused_in_one_line_naming_models_that_f
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1
     assert "model has 22,750 parameters, over the budget of 20,000 (for this data, model=compact (19,526)" in errors[0]
-    assert summary(run_dir)["status"] == "over_budget"
+    assert summary(run_dir)["status"] == RunStatus.OVER_BUDGET
 
 
 @pytest.mark.parametrize("own_model", [False, True], ids=["convnet", "own_model"])
@@ -189,7 +191,7 @@ def test_the_best_recipe_runs_and_learns_on_real_mnist(real_mnist, tmp_path):
     overrides = ("experiment=best", "trainer.epochs=2", "data.train_limit=5000", "data.test_limit=1000")
     value = train(compose_train(tiny_overrides(real_mnist, *overrides)), tmp_path)
     said = summary(tmp_path)
-    assert said["status"] == "completed" and said["n_params"] == 19_382
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 19_382
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and value == float(rows[-1]["test_acc"]) > 0.5
     assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # the one-cycle warm-up

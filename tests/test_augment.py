@@ -10,12 +10,19 @@ def digits(n: int = 8) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
-def test_rotation_keeps_shape_dtype_and_value_range(interpolation):
+def test_rotation_turns_each_image_as_torchvision_does_by_its_drawn_angle(interpolation):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tf
+
     images = digits()
     out = RandomRotation(7.0, interpolation)(images, torch.Generator().manual_seed(1))
     assert out.shape == images.shape and out.dtype == images.dtype
-    assert out.min() >= 0.0 and out.max() <= 1.0
     assert not torch.equal(out, images)
+    # the angles, drawn as documented: uniform in [-7, +7] degrees, one per image, from the generator
+    angles = (torch.rand(len(images), generator=torch.Generator().manual_seed(1)) * 2 - 1) * 7.0
+    mode = InterpolationMode(interpolation)
+    theirs = torch.stack([tf.rotate(image, float(angle), mode) for image, angle in zip(images, angles, strict=True)])
+    assert torch.allclose(out, theirs, atol=1e-5)  # nearest: equal; bilinear: within float rounding
 
 
 def test_angle_zero_is_the_identity():
@@ -29,10 +36,9 @@ def test_angle_zero_is_the_identity():
 def test_quarter_turn_moves_pixels_as_a_rotation_and_fills_with_zero():
     images = digits(2)
     turned = rotate(images, torch.full((2,), 90.0), "nearest")
-    # a quarter turn of a square image moves every pixel to another pixel centre
-    assert torch.equal(turned, torch.rot90(images, k=1, dims=(2, 3))) or torch.equal(
-        turned, torch.rot90(images, k=-1, dims=(2, 3))
-    )
+    # a quarter turn of a square image moves every pixel to another pixel centre; positive angles turn
+    # counter-clockwise, as torchvision's rotate
+    assert torch.equal(turned, torch.rot90(images, k=1, dims=(2, 3)))
     corner_fill = rotate(torch.ones(1, 1, 28, 28), torch.tensor([45.0]), "nearest")
     assert corner_fill[0, 0, 0, 0] == 0 and corner_fill[0, 0, 14, 14] == 1
 
@@ -77,7 +83,20 @@ def test_random_affine_without_shift_and_zoom_is_the_rotation():
     assert torch.equal(RandomAffine(0.0, 0.0, [1.0, 1.0])(images, torch.Generator()), images)
     varied = RandomAffine(7.0, translate=0.1, scale=[0.9, 1.1])(images, torch.Generator().manual_seed(4))
     assert plain.shape == varied.shape and not torch.equal(plain, varied)
-    assert varied.min() >= 0.0 and varied.max() <= 1.0
+    # the draws, as documented: per image an angle in [-7, 7], a zoom in [0.9, 1.1], a shift of up to 0.1
+    # of the image size on each axis
+    draws = torch.rand(len(images), 4, generator=torch.Generator().manual_seed(4))
+    angles = (draws[:, 0] * 2 - 1) * 7.0
+    assert torch.equal(plain, rotate(images, angles, "nearest"))  # without shift and zoom: the rotation
+    zooms, shifts = 0.9 + draws[:, 1] * 0.2, (draws[:, 2:] * 2 - 1) * 0.1
+    # torchvision's affine (angles clockwise, shifts in pixels) makes the same images
+    from torchvision.transforms import functional as tf
+
+    theirs = [
+        tf.affine(image, angle=-float(angle), translate=(shift * 28).tolist(), scale=float(zoom), shear=[0.0])
+        for image, angle, zoom, shift in zip(images, angles, zooms, shifts, strict=True)
+    ]
+    assert torch.equal(varied, torch.stack(theirs))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ database restarted while a worker needs it."""
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import subprocess
@@ -16,17 +15,17 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import read_trials, train_py
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from postgres import running_server
 
+from cnnsweep.files import BEST_FILE, METRICS_FILE, MULTIRUN_FILE, STUDY_DB, SUMMARY_FILE
 from cnnsweep.sweep.storage import StorageUnavailable
-from cnnsweep.sweep.study import open_storage
+from cnnsweep.sweep.study import OVER_BUDGET, OWNER, REASON, REQUEUED, SURPLUS, open_storage
 from cnnsweep.sweep.trial import connect_trial
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow  # submitit jobs and a PostgreSQL server
 
@@ -68,21 +67,13 @@ def sweep_args(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
 def start_sweep(args: list[str], storage_url: str | None = None) -> subprocess.Popen:
     """`python train.py ARGS` with its output in a pipe and, if given, the storage URL in its environment."""
     environment = {**os.environ, STORAGE_VARIABLE: storage_url} if storage_url else None
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return train_py(*args, wait=False, env=environment, stderr=subprocess.PIPE)
 
 
 def finish(process: subprocess.Popen, timeout_s: float = 300) -> tuple[str, str]:
     stdout, stderr = process.communicate(timeout=timeout_s)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return stdout, stderr
-
-
-def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / "trials.csv") as table:
-        return list(csv.DictReader(table))
 
 
 def submitit_jobs(sweep_dir: Path) -> list[Path]:
@@ -101,7 +92,7 @@ def test_submitit_local_lanes_record_complete_pruned_over_budget_and_failed_tria
     )  # fmt: skip
     finish(start_sweep(sweep_args(tiny_mnist, sweep_dir, *grid, *SUBMITIT_LANES)))
 
-    study = optuna.load_study(study_name="test", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{sweep_dir / STUDY_DB}")
     by_point = {
         (t.params["model.widths.6"], t.params["optimizer.lr"], t.params["trainer.epochs"]): t for t in study.trials
     }
@@ -117,11 +108,11 @@ def test_submitit_local_lanes_record_complete_pruned_over_budget_and_failed_tria
     complete, pruned = by_point[(16, 0.02, 1)], by_point[(16, 0.02, 3)]
     # Each job reported to its own trial (hydra.sweeper.trial reached it through submitit): one epoch each.
     assert complete.intermediate_values == {1: complete.value} and list(pruned.intermediate_values) == [1]
-    assert pruned.user_attrs["reason"].startswith("pruned after epoch 1")
+    assert pruned.user_attrs[REASON].startswith("pruned after epoch 1")
     for lr_epochs in ((1e9, 1), (1e9, 3)):  # the job's exception came back through submitit's result file
-        assert by_point[(16, *lr_epochs)].user_attrs["reason"].startswith("Diverged: training diverged: loss")
+        assert by_point[(16, *lr_epochs)].user_attrs[REASON].startswith("Diverged: training diverged: loss")
     for over in (t for point, t in by_point.items() if point[0] == 400):  # refused in the sweep, before any job
-        assert over.user_attrs["over_budget"] is True and over.user_attrs["n_params"] > 20_000
+        assert over.user_attrs[OVER_BUDGET] is True and over.user_attrs["n_params"] > 20_000
         assert not (sweep_dir / str(over.number)).exists()
     assert len(submitit_jobs(sweep_dir)) == 4  # the 4 jobs under budget, and nothing else
 
@@ -159,17 +150,17 @@ def test_two_submitit_sweeps_share_one_postgres_study_every_trial_number_once(tw
     trials, sweep_dir = two_workers["trials"], two_workers["sweep_dir"]
     numbers = sorted(t.number for t in trials)
     assert numbers == list(range(len(trials)))
-    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    counted = [t for t in trials if not t.user_attrs.get(SURPLUS)]
     assert len(counted) == 4 and {t.state for t in counted} == {TrialState.COMPLETE}
-    for surplus in (t for t in trials if t.user_attrs.get("surplus")):  # asked by a racing worker, never run
+    for surplus in (t for t in trials if t.user_attrs.get(SURPLUS)):  # asked by a racing worker, never run
         assert surplus.state == TrialState.FAIL and not (sweep_dir / str(surplus.number)).exists()
-    owners = {t.system_attrs["cnnsweep:owner"].rpartition(":")[2] for t in counted}
+    owners = {t.system_attrs[OWNER].rpartition(":")[2] for t in counted}
     assert owners == {str(pid) for pid in two_workers["pids"]}, "both workers ran trials"
     assert len({tuple(sorted(t.params.items())) for t in counted}) == 4
     rows = read_trials(sweep_dir)
     assert [(int(row["number"]), row["state"]) for row in rows] == [(t.number, "COMPLETE") for t in counted]
     for trial in counted:
-        assert (sweep_dir / str(trial.number) / "summary.json").is_file()
+        assert (sweep_dir / str(trial.number) / SUMMARY_FILE).is_file()
     print(f"\ntwo workers: trials {numbers}, {len(counted)} counted, all COMPLETE")
 
 
@@ -185,11 +176,11 @@ def test_no_file_of_the_sweep_and_no_output_line_holds_the_database_password(two
 
     # ... and the places that name the storage show it, masked, or keep Hydra's interpolation text.
     masked = re.compile(r"postgresql://cnnsweep:\*\*\*@127\.0\.0\.1:\d+/cnnsweep")
-    assert masked.fullmatch(OmegaConf.load(sweep_dir / "optimization_results.yaml").storage)
+    assert masked.fullmatch(OmegaConf.load(sweep_dir / BEST_FILE).storage)
     assert all(
         re.search(rf"study 'shared' in {masked.pattern}", stdout + stderr) for stdout, stderr in two_workers["outputs"]
     )
-    for saved in [sweep_dir / "multirun.yaml", *sweep_dir.glob("*/.hydra/hydra.yaml")]:
+    for saved in [sweep_dir / MULTIRUN_FILE, *sweep_dir.glob("*/.hydra/hydra.yaml")]:
         assert yaml.safe_load(saved.read_text())["hydra"]["sweeper"]["storage"] == FROM_ENVIRONMENT.partition("=")[2]
 
 
@@ -204,7 +195,7 @@ def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, 
         "trainer.epochs=3", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1", FROM_ENVIRONMENT,
     )  # fmt: skip
     worker = start_sweep(args, secret_url)
-    first_epoch = sweep_dir / "1" / "metrics.csv"  # trial 1 is training: its last two epochs take about a second
+    first_epoch = sweep_dir / "1" / METRICS_FILE  # trial 1 is training: its last two epochs take about a second
     deadline = time.monotonic() + 120
     while not first_epoch.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -223,7 +214,7 @@ def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, 
     storage = RDBStorage(secret_url)
     trials = storage.get_all_trials(storage.get_study_id_from_name("restart"))
     assert sorted(t.number for t in trials) == list(range(n_trials))
-    assert all(t.state == TrialState.COMPLETE and not t.user_attrs.get("requeued") for t in trials)
+    assert all(t.state == TrialState.COMPLETE and not t.user_attrs.get(REQUEUED) for t in trials)
     assert [(row["number"], row["state"]) for row in read_trials(sweep_dir)] == [
         (str(n), "COMPLETE") for n in range(n_trials)
     ]

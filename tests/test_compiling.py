@@ -8,17 +8,16 @@ import signal
 
 import pytest
 import torch
-from test_model import SEED_LAYOUT, SEED_WIDTHS
-from test_reliability import metrics, summary, train_py, wait_for_rows
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
 
+from cnnsweep.artifacts import RunStatus
+from cnnsweep.files import SUMMARY_FILE
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 from cnnsweep.train import compiling
 from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
 from cnnsweep.train.data import Split
 from cnnsweep.train.loop import Trainer
 from cnnsweep.train.model import ConvNet, Dropout
-
-from conftest import tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -55,8 +54,9 @@ def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
     one_batch = Split(torch.zeros(16, 1, 28, 28, dtype=torch.uint8), torch.zeros(16, dtype=torch.long))
-    forward, choice = trainer.compiled(ConvNet(SEED_WIDTHS, SEED_LAYOUT), one_batch, 16, 1)
-    assert choice.compile and forward is not None
+    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    forward, choice = trainer.compiled(model, one_batch, 16, 1)
+    assert choice.compile and forward is not model and forward._orig_mod is model  # torch.compile's wrapper
     assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # set before torch compiles anything
 
 
@@ -126,7 +126,7 @@ def test_a_compiled_run_stopped_by_sigterm_resumes_to_the_same_metrics(tiny_mnis
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143, output
-    assert summary(run_dir)["status"] == "interrupted" and len(metrics(run_dir)) < 8
+    assert summary(run_dir)["status"] == RunStatus.INTERRUPTED and len(metrics(run_dir)) < 8
 
     result = train_py(f"resume={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -142,14 +142,12 @@ def test_a_compiled_run_that_diverges_stops_and_says_where(tiny_mnist, tmp_path)
     assert result.returncode == 1
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
-    stopped = json.loads((run_dir / "summary.json").read_text())
-    assert stopped["status"] == "diverged" and stopped["compile"]["compiled"] is True
+    stopped = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert stopped["status"] == RunStatus.DIVERGED and stopped["compile"]["compiled"] is True
 
 
 def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
     from cnnsweep.train.run import train
-
-    from conftest import compose_train
 
     train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)
     assert summary(tmp_path)["compile"] == {
@@ -160,8 +158,6 @@ def test_auto_leaves_a_smoke_run_eager(tiny_mnist, tmp_path, cache):
 
 def test_a_resumed_run_trains_as_it_began_whatever_auto_would_say_now(tiny_mnist, tmp_path, cache, monkeypatch):
     from cnnsweep.train.run import train
-
-    from conftest import compose_train
 
     train(compose_train(tiny_overrides(tiny_mnist)), tmp_path)  # auto, cold cache: eager
     began = summary(tmp_path)["compile"]

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import train_py
 from postgres import free_port
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow  # a served sweep in a real headless browser
 
@@ -82,9 +81,7 @@ def finished_sweep(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -
         f"hydra.sweeper.study_name={STUDY}", "hydra.sweeper.n_trials=2", "hydra/launcher=basic",
         "hydra.sweeper.n_jobs=1",
     ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=folder, capture_output=True, text=True, timeout=300
-    )
+    result = train_py(*args, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
     return folder
 

@@ -3,12 +3,11 @@ import shutil
 
 import pytest
 import torch
+from helpers import compose_train, write_cifar10, write_image_folder
 
 from cnnsweep.cli import check_config
 from cnnsweep.errors import UserError, make
 from cnnsweep.train.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
-
-from conftest import compose_train, write_cifar10, write_image_folder
 
 
 def mnist(root, **changes) -> MNISTData:
@@ -174,7 +173,9 @@ def test_image_folder_reads_train_and_test_folders_resized_to_image_size(tiny_im
     red = splits.train.images[splits.train.labels == 2].float().mean((0, 2, 3))
     assert red[0] > red[1] + 100 and red[0] > red[2] + 100
     # mean and std null: computed per channel from the training images at load
-    assert len(data.mean) == 3 and all(0 < m < 1 for m in data.mean) and all(0 < s < 1 for s in data.std)
+    pixels = splits.train.images.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert data.mean == pytest.approx(pixels.mean(1).tolist(), rel=1e-9)
+    assert data.std == pytest.approx(pixels.std(1).tolist(), rel=1e-9)
     grey = data_option("image_folder", tiny_image_folder, "data.num_classes=3", "data.in_channels=1").load(
         torch.device("cpu")
     )

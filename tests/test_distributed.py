@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import datetime
 import functools
 import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,13 +16,21 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+from helpers import read_trials, train_py
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from postgres import throwaway_server
 
-from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
-
-from conftest import REPO
+from cnnsweep.sweep.study import (
+    OWNER,
+    REASON,
+    REQUEUED,
+    RETRIED_FROM,
+    SURPLUS,
+    Lanes,
+    open_storage,
+    requeue_lost_trials,
+)
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
 
@@ -79,9 +85,7 @@ def worker(
     ]  # fmt: skip
     output = log.open("wb") if log else subprocess.PIPE
     try:
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=output, stderr=subprocess.STDOUT
-        )
+        return train_py(*args, wait=False, stdout=output, text=False)
     finally:
         if log:
             output.close()  # the child holds its own copy
@@ -92,10 +96,10 @@ def test_two_workers_on_postgres_run_every_trial_once(tiny_mnist, tmp_path, post
     outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     trials = [t for t in optuna.load_study(study_name="shared", storage=postgres_url).trials]
-    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    counted = [t for t in trials if not t.user_attrs.get(SURPLUS)]
     assert len(counted) == 6 and {t.state.name for t in counted} == {"COMPLETE"}
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # no number used twice
-    assert len({t.system_attrs["cnnsweep:owner"] for t in counted}) == 2, "both workers ran trials"
+    assert len({t.system_attrs[OWNER] for t in counted}) == 2, "both workers ran trials"
 
 
 def test_a_killed_worker_loses_nothing_the_other_retries_its_trial(tiny_mnist, tmp_path, postgres_url):
@@ -123,8 +127,8 @@ def test_a_killed_worker_loses_nothing_the_other_retries_its_trial(tiny_mnist, t
     trials = optuna.load_study(study_name="kill", storage=postgres_url).trials
     lost = [t for t in trials if t.state.name == "FAIL"]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert lost and all(t.user_attrs["reason"].startswith("interrupted: worker") for t in lost)
-    assert len(complete) == 6, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
+    assert lost and all(t.user_attrs[REASON].startswith("interrupted: worker") for t in lost)
+    assert len(complete) == 6, [(t.number, t.state.name, t.user_attrs.get(REASON)) for t in trials]
     assert not [t for t in trials if t.state.name == "RUNNING"]
     for t in lost:  # each lost trial's parameters ran again, to the end
         assert any(c.params == t.params for c in complete)
@@ -163,26 +167,26 @@ def owner_of(process: subprocess.Popen) -> str:
 
 def at_work(storage: RDBStorage, study: str, process: subprocess.Popen) -> bool:
     """Whether a worker process has claimed a trial of the study (or has already stopped)."""
-    owners = {t.system_attrs.get("cnnsweep:owner") for t in study_trials(storage, study)}
+    owners = {t.system_attrs.get(OWNER) for t in study_trials(storage, study)}
     return process.poll() is not None or owner_of(process) in owners
 
 
 def counted(trial: FrozenTrial) -> bool:
     """Uses up one of the study's n_trials: neither a failure whose parameters were re-queued nor unrun surplus."""
-    return not (trial.user_attrs.get("requeued") or trial.user_attrs.get("surplus"))
+    return not (trial.user_attrs.get(REQUEUED) or trial.user_attrs.get(SURPLUS))
 
 
 def completed_retry(trial: FrozenTrial, trials: list[FrozenTrial]) -> FrozenTrial | None:
     """A later trial of `trial`'s retry chain that ran its parameters to COMPLETE. A worker killed while it
     drew the parameters leaves some undrawn: the retry draws them afresh."""
-    chain = trial.system_attrs.get("failed_trial", trial.number)
-    retries = [t for t in trials if t.number > trial.number and t.system_attrs.get("failed_trial") == chain]
+    chain = trial.system_attrs.get(RETRIED_FROM, trial.number)
+    retries = [t for t in trials if t.number > trial.number and t.system_attrs.get(RETRIED_FROM) == chain]
     drawn = trial.params.items()
     return next((t for t in retries if t.state == TrialState.COMPLETE and drawn <= t.params.items()), None)
 
 
 def describe(trials: list[FrozenTrial]) -> list[tuple]:
-    return [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("reason")) for t in trials]
+    return [(t.number, t.state.name, t.system_attrs.get(RETRIED_FROM), t.user_attrs.get(REASON)) for t in trials]
 
 
 def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_rerun(
@@ -197,16 +201,14 @@ def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_reru
         return [
             t
             for t in running
-            if "cnnsweep:owner" in t.system_attrs
-            and t.intermediate_values
-            and heartbeat_age_s(storage, t._trial_id) is not None
+            if OWNER in t.system_attrs and t.intermediate_values and heartbeat_age_s(storage, t._trial_id) is not None
         ]
 
     [lost] = wait_for(training_trial, 120, "the victim's trial to train with a heartbeat")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # The trial now belongs to a worker on another host: the process check cannot see that it is gone.
-    storage.set_trial_system_attr(lost._trial_id, "cnnsweep:owner", elsewhere)
+    storage.set_trial_system_attr(lost._trial_id, OWNER, elsewhere)
     beat_age_s = heartbeat_age_s(storage, lost._trial_id)
     last_beat = datetime.datetime.now() - datetime.timedelta(seconds=beat_age_s)  # on this host's clock
     assert beat_age_s < GRACE_S, "the victim stopped beating before it was killed"
@@ -222,20 +224,19 @@ def test_a_worker_lost_on_another_host_is_failed_by_its_stale_heartbeat_and_reru
 
     trials = study_trials(storage, "stale")
     failed = next(t for t in trials if t.number == lost.number)
-    assert failed.state == TrialState.FAIL and failed.user_attrs.get("requeued") is True, describe(trials)
-    assert failed.user_attrs["reason"].startswith(f"interrupted: worker {elsewhere}")
+    assert failed.state == TrialState.FAIL and failed.user_attrs.get(REQUEUED) is True, describe(trials)
+    assert failed.user_attrs[REASON].startswith(f"interrupted: worker {elsewhere}")
     silent_s = (failed.datetime_complete - last_beat).total_seconds()
     assert silent_s > GRACE_S, f"failed {silent_s:.1f} s after its last heartbeat, within the {GRACE_S} s grace"
     retry = completed_retry(failed, trials)
-    assert retry is not None and retry.system_attrs["failed_trial"] == failed.number, describe(trials)
+    assert retry is not None and retry.system_attrs[RETRIED_FROM] == failed.number, describe(trials)
     assert retry.params == failed.params and len(failed.params) >= 3
-    assert retry.system_attrs["cnnsweep:owner"] != elsewhere
+    assert retry.system_attrs[OWNER] != elsewhere
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], describe(trials)
     counted_trials = [t for t in trials if counted(t)]
     assert len(counted_trials) == n_trials and all(t.state == TrialState.COMPLETE for t in counted_trials)
     assert sorted(t.number for t in trials) == list(range(len(trials))), describe(trials)
-    with (tmp_path / "survivor" / "trials.csv").open() as table:
-        rows = {int(row["number"]): row for row in csv.DictReader(table)}
+    rows = {int(row["number"]): row for row in read_trials(tmp_path / "survivor")}
     assert rows[failed.number]["state"] == "FAIL" and elsewhere in rows[failed.number]["reason"]
     assert rows[retry.number]["state"] == "COMPLETE"
 
@@ -247,7 +248,7 @@ def test_a_heartbeat_recorded_during_another_workers_check_does_not_fail_the_liv
     beating = open_storage(postgres_url, HEARTBEAT_S, GRACE_S)
     study = optuna.create_study(study_name="beat-race", storage=beating)
     trial = study.ask()
-    beating.set_trial_system_attr(trial._trial_id, "cnnsweep:owner", "elsewhere.example:12345")  # alive, elsewhere
+    beating.set_trial_system_attr(trial._trial_id, OWNER, "elsewhere.example:12345")  # alive, elsewhere
     beating.record_heartbeat(trial._trial_id)
     checker = open_storage(postgres_url, HEARTBEAT_S, GRACE_S)
     beat_pending = [trial._trial_id]
@@ -298,8 +299,7 @@ def test_workers_killed_at_random_and_restarted_lose_and_repeat_no_trial(tiny_mn
         killed_trials += [
             t.number
             for t in study_trials(storage, "chaos")
-            if t.system_attrs.get("cnnsweep:owner") == owner
-            and (t.state == TrialState.RUNNING or t.user_attrs.get("requeued"))
+            if t.system_attrs.get(OWNER) == owner and (t.state == TrialState.RUNNING or t.user_attrs.get(REQUEUED))
         ]
         workers[slot] = start()
     for w in workers:
@@ -310,8 +310,8 @@ def test_workers_killed_at_random_and_restarted_lose_and_repeat_no_trial(tiny_mn
     assert [w.returncode for w in workers] == [0, 0], tails()
 
     trials = study_trials(storage, "chaos")
-    requeued = [t for t in trials if t.user_attrs.get("requeued")]
-    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    requeued = [t for t in trials if t.user_attrs.get(REQUEUED)]
+    surplus = [t for t in trials if t.user_attrs.get(SURPLUS)]
     print(
         f"\nchaos: {kills} kills ({len(killed_trials)} mid-trial: {killed_trials}), {len(logs) - 2} restarts, "
         f"{len(trials)} trials, {len(requeued)} requeued, {len(surplus)} surplus, {time.monotonic() - began:.0f} s"

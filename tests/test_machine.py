@@ -1,6 +1,5 @@
 """Machine facts beside every figure, and `trainer.precision: auto` chosen by the hardware, on any CPU."""
 
-import json
 import logging
 import os
 import platform
@@ -8,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_train, metrics, summary, tiny_overrides
 
+from cnnsweep.files import METRICS_FILE
 from cnnsweep.train import machine
 from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
 from cnnsweep.train.run import train
-
-from conftest import compose_train, tiny_overrides
 
 CPU = torch.device("cpu")
 
@@ -75,16 +74,12 @@ def test_cuda_precision_follows_the_compute_capability(monkeypatch, capability, 
     assert choose_precision("auto", torch.device("mps")).precision == "fp32"
 
 
-def run_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 def test_a_run_records_its_precision_its_reason_and_its_machine(tiny_mnist, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(machine, "cpu_bf16_instructions", lambda: None)  # a CPU that emulates bf16
     with caplog.at_level(logging.INFO):
         train(compose_train(tiny_overrides(tiny_mnist)), tmp_path / "auto")
         train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path / "bf16")
-    auto, bf16 = run_summary(tmp_path / "auto"), run_summary(tmp_path / "bf16")
+    auto, bf16 = summary(tmp_path / "auto"), summary(tmp_path / "bf16")
     assert auto["precision"]["precision"] == "fp32" and auto["precision"]["reason"].startswith("auto: the CPU has no")
     assert bf16["precision"] == {"precision": "bf16", "reason": "trainer.precision=bf16"}
     assert auto["machine"] == machine_facts(CPU)  # as patched: no native bf16
@@ -105,17 +100,11 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_mnist, tmp_path, m
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=1", *recipe)), tmp_path / "stopped")
     monkeypatch.setattr(machine, "cpu_bf16_instructions", lambda: None)  # resumed where auto would pick fp32
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=2", *recipe)), tmp_path / "stopped", resume=True)
-    resumed = run_summary(tmp_path / "stopped")["precision"]
+    resumed = summary(tmp_path / "stopped")["precision"]
     assert resumed["precision"] == "bf16" and resumed["reason"].startswith("as before the resume: auto: the CPU has")
-    whole = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
-    again = (tmp_path / "stopped" / "metrics.csv").read_text().splitlines()
-
-    def without_timing(lines: list[str]) -> list[list[str]]:
-        return [line.split(",")[:-2] for line in lines]  # seconds and images_per_s come last
-
-    assert without_timing(again) == without_timing(whole)
+    assert metrics(tmp_path / "stopped") == metrics(tmp_path / "whole")
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.epochs=3", *recipe)), tmp_path / "stopped", resume=True)
-    twice = run_summary(tmp_path / "stopped")
+    twice = summary(tmp_path / "stopped")
     assert twice["precision"] == resumed and twice["compile"]["reason"].count("as before the resume") == 1
 
 
@@ -123,7 +112,7 @@ def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_
     from cnnsweep.tools.evaluate import evaluate_checkpoint
 
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path)
-    recorded = (tmp_path / "metrics.csv").read_text().splitlines()
+    recorded = (tmp_path / METRICS_FILE).read_text().splitlines()
     header, last = recorded[0].split(","), recorded[-1].split(",")
     evaluation = evaluate_checkpoint(tmp_path, "last", device="cpu")
     assert evaluation["precision"] == "bf16"

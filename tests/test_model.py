@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train
 from hydra.utils import instantiate
 from torch import nn
 
@@ -15,11 +16,6 @@ from cnnsweep.train.model import (
     count_parameters,
 )
 from cnnsweep.train.run import models_that_fit
-
-from conftest import compose_train
-
-SEED_LAYOUT = ["conv", "conv", "pool", "conv", "conv", "pool", "conv_valid", "conv_valid", "conv_valid"]
-SEED_WIDTHS = [10, 20, 10, 10, 10, 10, 120]
 
 
 def test_seed_cnn_config_has_exactly_18970_parameters():

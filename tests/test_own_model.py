@@ -4,16 +4,13 @@ own argument and an evaluation, each started from that folder."""
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO, read_trials, summary, tiny_overrides, tool, train_py
 
-from conftest import REPO, tiny_overrides
+from cnnsweep.artifacts import RunStatus
 
 pytestmark = pytest.mark.slow  # four train.py processes, one of them a sweep: about a minute on 2 cores
 
@@ -25,11 +22,6 @@ def readme_files() -> dict[str, str]:
     return {path: text for path, text in blocks}
 
 
-def from_folder(folder: Path, *args: str, module: str | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", module] if module else [sys.executable, str(REPO / "train.py")]
-    return subprocess.run([*command, *args], cwd=folder, capture_output=True, text=True, timeout=600)
-
-
 def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_folder(tiny_mnist, tmp_path):
     files = readme_files()
     assert set(files) == {"mynet.py", "myconf/model/mynet.yaml"}
@@ -39,36 +31,36 @@ def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_fold
     mine = ["--config-dir", "myconf", "model=mynet"]
 
     run = tmp_path / "run"
-    result = from_folder(tmp_path, *mine, "model.width=24", *tiny_overrides(tiny_mnist), f"hydra.run.dir={run}")
+    result = train_py(*mine, "model.width=24", *tiny_overrides(tiny_mnist), f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["n_params"] == 18 * 24**2 + 198 * 24 + 10
-    assert summary["final_test_acc"] > 0.2  # 1 epoch of 600 synthetic digits: well above chance (0.1)
+    said = summary(run)
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 18 * 24**2 + 198 * 24 + 10
+    assert said["final_test_acc"] > 0.2  # 1 epoch of 600 synthetic digits: well above chance (0.1)
 
-    evaluated = from_folder(tmp_path, str(run), module="cnnsweep.evaluate")
+    evaluated = tool("evaluate", run, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((run / "evaluation" / "evaluation.json").read_text())["test_acc"] == summary["final_test_acc"]
+    assert json.loads((run / "evaluation" / "evaluation.json").read_text())["test_acc"] == said["final_test_acc"]
 
-    refused = from_folder(
-        tmp_path, "--config-dir", "myconf", "budget.max_params=7800", *tiny_overrides(tiny_mnist),
-        f"hydra.run.dir={tmp_path / 'refused'}",
+    refused = train_py(
+        "--config-dir", "myconf", "budget.max_params=7800", *tiny_overrides(tiny_mnist),
+        f"hydra.run.dir={tmp_path / 'refused'}", cwd=tmp_path,
     )  # fmt: skip
     assert refused.returncode == 2
     assert "over the budget of 7,800 (for this data, model=mynet (7,786) fits;" in refused.stdout + refused.stderr
 
     sweep = tmp_path / "sweep"
-    result = from_folder(
-        tmp_path, "--multirun", *mine, "hparams_search=lr_gamma_dropout", "model.width=int(interval(8, 48))",
+    result = train_py(
+        "--multirun", *mine, "hparams_search=lr_gamma_dropout", "model.width=int(interval(8, 48))",
         *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"), "hydra.sweeper.n_trials=3",
         "hydra/sweeper/pruner=nop", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    with open(sweep / "trials.csv", newline="") as table:
-        trials = list(csv.DictReader(table))
+    trials = read_trials(sweep)
     completed = [trial for trial in trials if trial["state"] == "COMPLETE"]
     assert len(completed) == 3
     for trial in completed:  # each trial trained MyNet at its own drawn width, within the budget
-        trained = json.loads((Path(trial["run_dir"]) / "summary.json").read_text())
+        trained = summary(trial["run_dir"])
         width = int(trial["model.width"])
         assert 8 <= width <= 28 and trained["n_params"] == 18 * width**2 + 198 * width + 10
         assert float(trial["value"]) == pytest.approx(trained["objectives"]["val_acc"])

@@ -3,13 +3,11 @@ refused in one line before any training."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,40 +15,14 @@ import optuna
 import pytest
 import torch
 import yaml
+from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
+from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.sweep.study import REASON, REQUEUED
 from cnnsweep.train.run import train
-
-from conftest import REPO, compose_train, tiny_overrides
-
-TIMING_COLUMNS = ("seconds", "images_per_s")
-
-
-def train_py(*args: str, wait: bool = True, runner: Path | None = None):
-    command = [sys.executable, str(runner or REPO / "train.py"), *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as file:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(file)]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def wait_for_rows(run_dir: Path, rows: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run_dir / "metrics.csv").is_file() and len(metrics(run_dir)) >= rows:
-            return
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.05)
-    raise AssertionError(f"{run_dir} never reached {rows} epochs")
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +34,9 @@ def uninterrupted(tiny_mnist, tmp_path_factory) -> Path:
     return run_dir
 
 
-def start_run(tiny_mnist: Path, run_dir: Path, runner: Path | None = None) -> subprocess.Popen:
+def start_run(tiny_mnist: Path, run_dir: Path) -> subprocess.Popen:
     overrides = tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100")
-    return train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False, runner=runner)
+    return train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False)
 
 
 @pytest.mark.slow
@@ -75,14 +47,14 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tiny_mnist, tmp_p
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = len(metrics(run_dir))
-    assert summary(run_dir)["status"] == "running" and killed_at < 5
+    assert summary(run_dir)["status"] == RunStatus.RUNNING and killed_at < 5
 
     original = (run_dir / ".hydra" / "config.yaml").read_text()
     result = train_py(f"resume={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert metrics(run_dir) == metrics(uninterrupted)
     resumed = summary(run_dir)
-    assert resumed["status"] == "completed" and resumed["resumed_after_epoch"] in range(1, killed_at + 1)
+    assert resumed["status"] == RunStatus.COMPLETED and resumed["resumed_after_epoch"] in range(1, killed_at + 1)
     assert resumed["objective_value"] == summary(uninterrupted)["objective_value"]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == original  # the run's own record is kept
     assert list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))
@@ -120,11 +92,8 @@ def test_a_kill_in_the_middle_of_writing_a_checkpoint_loses_nothing(tiny_mnist, 
     runner = tmp_path / "slow_checkpoint.py"
     runner.write_text(SLOW_CHECKPOINT)
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, str(runner), str(REPO / "train.py"),
-         *tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100"), f"hydra.run.dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    overrides = tiny_overrides(tiny_mnist, "trainer.epochs=5", "data.val_size=100")
+    process = train_py(*overrides, f"hydra.run.dir={run_dir}", wait=False, runner=runner)
     for line in process.stdout:
         if "HALF-WRITTEN" in line:
             break
@@ -153,7 +122,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     assert process.returncode == exit_code, output
     name = signal.Signals(signal_number).name
     stopped = summary(run_dir)
-    assert stopped["status"] == "interrupted" and stopped["error"] == f"Interrupted: interrupted by {name}"
+    assert stopped["status"] == RunStatus.INTERRUPTED and stopped["error"] == f"Interrupted: interrupted by {name}"
     assert f"error: interrupted by {name}" in output and "Traceback" not in output
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == stopped["epochs_run"] == len(metrics(run_dir))  # consistent with each other
@@ -170,9 +139,11 @@ def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path):
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
     stopped = summary(run_dir)
-    assert stopped["status"] == "diverged" and stopped["diverged_at"]["epoch"] == 1
-    assert 1 <= stopped["diverged_at"]["batch"] <= 5 and stopped["epochs_run"] == 0
-    assert not (run_dir / "metrics.csv").exists()
+    assert stopped["status"] == RunStatus.DIVERGED and stopped["diverged_at"]["epoch"] == 1
+    # seeded: steps of lr 1e9 throw the weights so far that the fourth batch's loss is NaN
+    assert stopped["diverged_at"]["batch"] == 4 and stopped["epochs_run"] == 0
+    assert "training diverged: loss nan at epoch 1, batch 4 " in lines[0]  # the line names the same place
+    assert not (run_dir / METRICS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -194,7 +165,7 @@ def test_resume_refuses_other_overrides_and_sweeps(uninterrupted):
     result = train_py(f"resume={uninterrupted}", "optimizer.lr=0.5")
     assert result.returncode == 2 and "drop the other overrides ['optimizer.lr=0.5']" in result.stdout + result.stderr
     result = train_py("--multirun", f"resume={uninterrupted}")
-    assert result.returncode != 0 and "it cannot be swept" in result.stdout + result.stderr
+    assert result.returncode == 1 and "it cannot be swept" in result.stdout + result.stderr  # the job's error
 
 
 # (overrides, what the one line says): refused while the config is composed, before Hydra makes anything
@@ -240,11 +211,11 @@ def test_bad_values_are_refused_before_any_training(tiny_mnist, tmp_path, overri
     with pytest.raises(UserError) as error:
         train(compose_train(tiny_overrides(tiny_mnist, *overrides)), tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
-    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / METRICS_FILE).exists() and not (tmp_path / "checkpoints").exists()
     if overrides[0].startswith("model."):  # the model is built first: a bad one leaves nothing behind
         assert list(tmp_path.iterdir()) == []
     else:  # after that, summary.json says how the run ended
-        assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+        assert json.loads((tmp_path / SUMMARY_FILE).read_text())["status"] == RunStatus.FAILED
 
 
 @pytest.mark.parametrize(
@@ -260,7 +231,7 @@ def test_train_py_says_it_in_one_line_and_exits_2(tiny_mnist, tmp_path, override
     error_lines = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(error_lines) == 1 and message in error_lines[0], output
     assert "Traceback" not in output
-    assert run_dir.exists() == folder_made and not (run_dir / "metrics.csv").exists()
+    assert run_dir.exists() == folder_made and not (run_dir / METRICS_FILE).exists()
 
 
 @pytest.mark.slow
@@ -270,13 +241,13 @@ def test_a_sweep_with_an_unset_value_stops_in_one_line_before_any_trial_trains(t
         "--multirun", "data=image_folder", "hparams_search=lr_gamma_dropout", "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
     assert errors == [
         "error: trial 0 cannot start: data.root is not set (??? in the config): give data.root=VALUE on the "
-        f"command line; trials on record in {sweep_dir / 'trials.csv'}"
+        f"command line; trials on record in {sweep_dir / TRIALS_FILE}"
     ]
-    assert not list(sweep_dir.glob("*/metrics.csv"))  # no trial trained
+    assert not list(sweep_dir.glob(f"*/{METRICS_FILE}"))  # no trial trained
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused(tiny_mnist, tmp_path):
@@ -314,29 +285,26 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
         "hydra.sweeper.study_name=test",
         "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    sweep = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args, "trainer.epochs=30"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    sweep = train_py(*args, "trainer.epochs=30", wait=False, start_new_session=True)
     deadline = time.time() + 120
-    while not list(sweep_dir.glob("*/metrics.csv")) and time.time() < deadline:  # a trial is training
+    while not list(sweep_dir.glob(f"*/{METRICS_FILE}")) and time.time() < deadline:  # a trial is training
         time.sleep(0.1)
     os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 130 and "Traceback" not in output, output
     [said] = [line for line in output.splitlines() if line.startswith("error:")]
     assert said == (
-        f"error: sweep interrupted by SIGINT: trials on record in {sweep_dir / 'trials.csv'}; "
+        f"error: sweep interrupted by SIGINT: trials on record in {sweep_dir / TRIALS_FILE}; "
         "rerun the same command to continue"
     )
 
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    storage = study_url(sweep_dir)
     stopped = optuna.load_study(study_name="test", storage=storage).trials
     assert not [t for t in stopped if t.state.name == "RUNNING"], "nothing is left RUNNING"
     interrupted = [t for t in stopped if t.state.name == "FAIL"]
-    assert interrupted and all(t.user_attrs["reason"] == "Interrupted: interrupted by SIGINT" for t in interrupted)
-    assert all(t.user_attrs["requeued"] for t in interrupted)
-    rows = list(csv.DictReader(open(sweep_dir / "trials.csv")))
+    assert interrupted and all(t.user_attrs[REASON] == "Interrupted: interrupted by SIGINT" for t in interrupted)
+    assert all(t.user_attrs[REQUEUED] for t in interrupted)
+    rows = read_trials(sweep_dir)
     assert {(row["number"], row["state"]) for row in rows} == {(str(t.number), t.state.name) for t in stopped}
     assert len([t for t in stopped if t.state.name == "WAITING"]) == len(interrupted)  # queued to run again
 

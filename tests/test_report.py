@@ -6,28 +6,20 @@ import csv
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import read_metrics, summary, tool, train_py
 from PIL import Image
 
-from conftest import REPO
+from cnnsweep.artifacts import RunStatus
+from cnnsweep.files import SUMMARY_FILE
 
 
-def train_py(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+def sweep(*args: str) -> None:
+    result = train_py(*args)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def module(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"cnnsweep.{name}", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def tiny(root: Path, sweep_dir: Path) -> list[str]:
@@ -40,14 +32,14 @@ def tiny(root: Path, sweep_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def grid_sweep(tiny_mnist, tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("report") / "grid"
-    train_py(*tiny(tiny_mnist, sweep_dir), "model.dropout=0.0,0.1", "optimizer.lr=0.02,0.05")
+    sweep(*tiny(tiny_mnist, sweep_dir), "model.dropout=0.0,0.1", "optimizer.lr=0.02,0.05")
     return sweep_dir
 
 
 @pytest.fixture(scope="module")
 def optuna_sweep(tiny_mnist, tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("report") / "optuna"
-    train_py(*tiny(tiny_mnist, sweep_dir), "hparams_search=lr_gamma_dropout", "hydra.sweeper.n_trials=3")
+    sweep(*tiny(tiny_mnist, sweep_dir), "hparams_search=lr_gamma_dropout", "hydra.sweeper.n_trials=3")
     return sweep_dir
 
 
@@ -57,12 +49,8 @@ def assert_png(path: Path) -> None:
         assert 300 <= image.width <= 3000 and 200 <= image.height <= 3000, (path, image.size)
 
 
-def summary(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
-
-
 def test_report_of_a_grid_sweep_lists_every_run_best_first_with_plots(grid_sweep):
-    result = module("report", grid_sweep)
+    result = tool("report", grid_sweep)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header, runs = lines[0], lines[1:5]
@@ -87,7 +75,7 @@ def test_report_of_a_grid_sweep_lists_every_run_best_first_with_plots(grid_sweep
 
 @pytest.mark.slow
 def test_report_of_an_optuna_sweep_counts_trials_and_draws_optunas_plots(optuna_sweep):
-    result = module("report", optuna_sweep, "--format", "json")
+    result = tool("report", optuna_sweep, "--format", "json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["runs"]) == 3
@@ -102,7 +90,7 @@ def test_report_of_an_optuna_sweep_counts_trials_and_draws_optunas_plots(optuna_
 
 
 def test_csv_format_is_one_row_per_run(grid_sweep):
-    result = module("report", grid_sweep, "--format", "csv", "--no-plots")
+    result = tool("report", grid_sweep, "--format", "csv", "--no-plots")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 4 and sum(row["best"] == "True" for row in rows) == 1
     assert {float(row["value"]) for row in rows} == {summary(row["run"])["objective_value"] for row in rows}
@@ -110,25 +98,25 @@ def test_csv_format_is_one_row_per_run(grid_sweep):
 
 @pytest.mark.slow
 def test_report_refuses_an_empty_folder_and_a_run_without_an_epoch(tmp_path):
-    empty = module("report", tmp_path)
+    empty = tool("report", tmp_path)
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1
     assert f"no runs under {tmp_path}" in empty.stderr
     half = tmp_path / "half"
     (half / ".hydra").mkdir(parents=True)
-    (half / "summary.json").write_text(json.dumps({"status": "running", "n_params": 18970}))
-    result = module("report", half)
+    (half / SUMMARY_FILE).write_text(json.dumps({"status": RunStatus.RUNNING, "n_params": 18970}))
+    result = tool("report", half)
     assert result.returncode == 2 and "has no finished epoch (status: running" in result.stderr
-    missing = module("report", tmp_path / "nowhere")
+    missing = tool("report", tmp_path / "nowhere")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
 def test_evaluate_reproduces_the_recorded_test_accuracy(grid_sweep):
     run_dir = grid_sweep / "0"
-    result = module("evaluate", run_dir, "--device", "cpu")
+    result = tool("evaluate", run_dir, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     evaluation = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
     best = summary(run_dir)["best_checkpoint_epoch"]
-    metrics = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    metrics = read_metrics(run_dir)
     assert evaluation["epoch"] == best
     assert evaluation["test_acc"] == pytest.approx(float(metrics[best - 1]["test_acc"]), abs=1e-9)
     assert evaluation["test_acc"] == pytest.approx(evaluation["recorded_test_acc"], abs=1e-9)
@@ -138,15 +126,15 @@ def test_evaluate_reproduces_the_recorded_test_accuracy(grid_sweep):
     assert f"test accuracy {100 * evaluation['test_acc']:.2f}%" in result.stdout
     assert_png(run_dir / "evaluation" / "confusion_matrix.png")
     assert_png(run_dir / "evaluation" / "misclassified.png")
-    last = module("evaluate", run_dir / "checkpoints" / "last.pt", "--device", "cpu")
+    last = tool("evaluate", run_dir / "checkpoints" / "last.pt", "--device", "cpu")
     assert last.returncode == 0 and "(epoch 2)" in last.stdout
 
 
 def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_sweep, tmp_path):
     half = tmp_path / "half"
     (half / ".hydra").mkdir(parents=True)
-    (half / "summary.json").write_text(json.dumps({"status": "running"}))
-    result = module("evaluate", half)
+    (half / SUMMARY_FILE).write_text(json.dumps({"status": RunStatus.RUNNING}))
+    result = tool("evaluate", half)
     assert result.returncode == 2 and "stopped before its first epoch ended, so it has no checkpoint" in result.stderr
 
     edited = tmp_path / "edited"
@@ -154,7 +142,7 @@ def test_evaluate_refuses_a_run_without_checkpoint_and_a_mismatched_config(grid_
     config = yaml.safe_load((edited / ".hydra" / "config.yaml").read_text())
     config["model"]["widths"][6] = 64
     (edited / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    result = module("evaluate", edited)
+    result = tool("evaluate", edited)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "best.pt does not match the model in" in result.stderr and "size mismatch" in result.stderr
 

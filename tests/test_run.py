@@ -1,27 +1,18 @@
 """Whole runs on tiny data: artifacts, reproducibility, the budget, and learning on real MNIST."""
 
-import csv
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers import compose_train, metrics, read_metrics, summary, tiny_overrides, train_py, with_plain_net
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
+from cnnsweep.files import METRICS_FILE
 from cnnsweep.objectives import resolve_objective
 from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import evaluate
 from cnnsweep.train.run import train
-
-from conftest import REPO, compose_train, tiny_overrides, with_plain_net
-
-
-def read_metrics(run_dir):
-    with open(run_dir / "metrics.csv") as file:
-        return list(csv.DictReader(file))
 
 
 def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path):
@@ -30,18 +21,19 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
 
     rows = read_metrics(tmp_path)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    for row in rows:
-        assert 0.0 <= float(row["val_acc"]) <= 1.0 and 0.0 <= float(row["test_acc"]) <= 1.0
-        assert float(row["train_loss"]) > 0 and float(row["images_per_s"]) > 0 and float(row["lr"]) == 0.025
+    for row in rows:  # the epoch's 500 training images, at the recorded rate, took no longer than the epoch
+        assert float(row["images_per_s"]) * float(row["seconds"]) >= 500 and float(row["lr"]) == 0.025
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])  # seeded: the second epoch learnt more
 
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["n_params"] == 18_970
-    assert summary["objective"] == "val_acc" and summary["objective_value"] == objective
+    said = summary(tmp_path)
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 18_970
+    assert said["objective"] == "val_acc" and said["objective_value"] == objective
     assert objective == float(rows[-1]["val_acc"])
-    assert summary["final_test_acc"] == float(rows[-1]["test_acc"])
-    assert summary["best_test_acc"] == max(float(row["test_acc"]) for row in rows)
-    assert summary["epochs_run"] == 2 and summary["seed"] == 0 and summary["device"] == "cpu"
-    assert summary["versions"]["torch"] == torch.__version__.split("+")[0] and summary["wall_time_s"] > 0
+    assert said["final_test_acc"] == float(rows[-1]["test_acc"])
+    assert said["best_test_acc"] == max(float(row["test_acc"]) for row in rows)
+    assert said["epochs_run"] == 2 and said["seed"] == 0 and said["device"] == "cpu"
+    assert said["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert said["wall_time_s"] >= sum(float(row["seconds"]) for row in rows)  # the whole run, its epochs in it
     assert not list(tmp_path.rglob("*.tmp"))  # no temp files left behind
 
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
@@ -50,24 +42,23 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert best["metrics"]["val_acc"] == max(float(row["val_acc"]) for row in rows)
 
-    # The checkpoint rebuilds, from its own config, a model with the recorded test accuracy.
+    # The checkpoint rebuilds, from its own config, a model with the recorded accuracies.
     model = instantiate(last["config"]["model"], _convert_="all")
     model.load_state_dict(last["model"])
     data = instantiate(last["config"]["data"])
     splits = data.load(torch.device("cpu"))
-    _, test_acc = evaluate(model, splits.test, 1000, lambda images: data.normalize(to_unit(images)))
-    assert test_acc == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-9)
+    for split, name in ((splits.val, "val"), (splits.test, "test")):
+        loss, accuracy = evaluate(model, split, 1000, lambda images: data.normalize(to_unit(images)))
+        assert accuracy == pytest.approx(float(rows[-1][f"{name}_acc"]), abs=1e-9)
+        assert loss == pytest.approx(float(rows[-1][f"{name}_loss"]), rel=1e-5)
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_mnist, tmp_path):
-    def metrics(seed, folder):
+    def seeded(seed, folder):
         train(compose_train(tiny_overrides(tiny_mnist, f"seed={seed}")), tmp_path / folder)
-        return [
-            {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
-            for row in read_metrics(tmp_path / folder)
-        ]
+        return metrics(tmp_path / folder)
 
-    first, again, other = metrics(7, "a"), metrics(7, "b"), metrics(8, "c")
+    first, again, other = seeded(7, "a"), seeded(7, "b"), seeded(8, "c")
     assert first == again
     assert first != other
 
@@ -81,19 +72,9 @@ def test_objective_names_are_checked():
         resolve_objective("accuracy", 0)
 
 
-def run_train_py(*overrides, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_train_py_runs_and_writes_its_hydra_folder(tiny_mnist, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train_py(*tiny_overrides(tiny_mnist), "optimizer.lr=0.05", f"hydra.run.dir={run_dir}")
+    result = train_py(*tiny_overrides(tiny_mnist), "optimizer.lr=0.05", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     assert "optimizer.lr=0.05" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert "lr: 0.05" in (run_dir / ".hydra" / "config.yaml").read_text()
@@ -105,14 +86,12 @@ def test_train_py_runs_and_writes_its_hydra_folder(tiny_mnist, tmp_path):
 
 def test_over_budget_is_refused_in_one_line_before_reading_data(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train_py(
-        "budget.max_params=1000", f"data.root={tmp_path / 'no-data-here'}", f"hydra.run.dir={run_dir}"
-    )
+    result = train_py("budget.max_params=1000", f"data.root={tmp_path / 'no-data-here'}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1
     assert "model has 18,970 parameters, over the budget of 1,000" in errors[0]
-    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    assert not (run_dir / METRICS_FILE).exists() and not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.slow
@@ -153,10 +132,10 @@ def test_train_py_runs_on_generated_cifar10_and_an_image_folder(
 ):
     root = tiny_cifar10 if option == "cifar10" else tiny_image_folder
     run_dir = tmp_path / "run"
-    result = run_train_py(*tiny_overrides(root, f"data={option}", *extra), f"hydra.run.dir={run_dir}")
+    result = train_py(*tiny_overrides(root, f"data={option}", *extra), f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["n_params"] == n_params
+    said = summary(run_dir)
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == n_params
     log = (run_dir / "train.log").read_text()
     assert f"model: {n_params:,} parameters" in log
     if option == "image_folder":
@@ -169,14 +148,12 @@ def test_train_py_runs_on_generated_cifar10_and_an_image_folder(
 
 def test_the_seed_network_on_cifar10_is_refused_in_one_line_naming_models_that_fit(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train_py(
-        "data=cifar10", "model=seed_cnn", f"data.root={tmp_path / 'none'}", f"hydra.run.dir={run_dir}"
-    )
+    result = train_py("data=cifar10", "model=seed_cnn", f"data.root={tmp_path / 'none'}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(errors) == 1
     assert "model has 22,750 parameters, over the budget of 20,000 (for this data, model=compact (19,526)" in errors[0]
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "over_budget"
+    assert summary(run_dir)["status"] == RunStatus.OVER_BUDGET
 
 
 @pytest.mark.parametrize("own_model", [False, True], ids=["convnet", "own_model"])
@@ -203,10 +180,7 @@ def test_weight_average_is_what_is_evaluated_checkpointed_and_resumed(tiny_mnist
     stopped = tmp_path / "stopped"
     train(config(1), stopped)
     train(config(2), stopped, resume=True)
-    timing = ("seconds", "images_per_s")
-    assert [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(stopped)] == [
-        {k: v for k, v in row.items() if k not in timing} for row in rows
-    ]
+    assert metrics(stopped) == metrics(whole)
 
 
 @pytest.mark.slow
@@ -216,8 +190,8 @@ def test_the_best_recipe_runs_and_learns_on_real_mnist(real_mnist, tmp_path):
     # seeds 0-4 on the AMD (AVX2, fp32); chance is 10%
     overrides = ("experiment=best", "trainer.epochs=2", "data.train_limit=5000", "data.test_limit=1000")
     value = train(compose_train(tiny_overrides(real_mnist, *overrides)), tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["n_params"] == 19_382
+    said = summary(tmp_path)
+    assert said["status"] == RunStatus.COMPLETED and said["n_params"] == 19_382
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and value == float(rows[-1]["test_acc"]) > 0.5
     assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # the one-cycle warm-up

@@ -1,10 +1,9 @@
 """`python -m cnnsweep.runbench` times whole runs and whole sweeps from the outside."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from helpers import tool
 
 from cnnsweep.tools.runbench import runs_table
 from cnnsweep.train.machine import machine_facts, machine_label
@@ -12,9 +11,8 @@ from cnnsweep.train.machine import machine_facts, machine_label
 
 def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1"]
-    command = [sys.executable, "-m", "cnnsweep.runbench", "runs", *overrides, "--recipe", "narrow=model=tiny"]
-    command += ["--seeds", "0,1", "--keep", str(tmp_path), "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    keep = ["--seeds", "0,1", "--keep", tmp_path, "--json"]
+    result = tool("runbench", "runs", *overrides, "--recipe", "narrow=model=tiny", *keep)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["command"].startswith("python -m cnnsweep.runbench runs data.root=")
@@ -37,16 +35,7 @@ def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
     overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1",
                  "hparams_search=lr_gamma_dropout", "data.val_size=100", "hydra.sweeper.n_trials=2",
                  "hydra/launcher=basic", "hydra.sweeper.n_jobs=1"]  # fmt: skip
-    command = [
-        sys.executable,
-        "-m",
-        "cnnsweep.runbench",
-        "sweep",
-        *overrides,
-        "--variant",
-        "eager=trainer.compile=false",
-    ]
-    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=600)
+    result = tool("runbench", "sweep", *overrides, "--variant", "eager=trainer.compile=false", "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["rows"]
     assert row["variant"] == "eager" and row["overrides"] == ["trainer.compile=false"]

@@ -14,8 +14,9 @@ import sqlalchemy
 from postgres import free_port
 
 from cnnsweep.errors import UserError
+from cnnsweep.files import STUDY_DB
 from cnnsweep.sweep.storage import StorageUnavailable, shown_url
-from cnnsweep.sweep.study import BEAT, OWNER, Lanes, open_storage, requeue_lost_trials
+from cnnsweep.sweep.study import BEAT, OWNER, REASON, RETRIED_FROM, Lanes, open_storage, requeue_lost_trials
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ OLD_DATABASE = Path(__file__).parent / "data" / "optuna210.db"  # a study of two
 
 
 def test_a_database_of_optuna_2_10_is_refused_in_one_line_naming_the_one_way_upgrade(tmp_path):
-    copy = tmp_path / "optuna.db"
+    copy = tmp_path / STUDY_DB
     shutil.copy(OLD_DATABASE, copy)
     with pytest.raises(UserError) as refused:
         open_storage(f"sqlite:///{copy}")
@@ -83,7 +84,7 @@ def test_a_journal_url_without_an_absolute_file_is_refused(url, message):
 
 def test_the_rdb_storage_still_lists_stale_trials_for_us(tmp_path):
     """study.Lanes.stale_trial_ids calls RDBStorage's private `_get_stale_trial_ids`: this fails if it goes."""
-    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
+    storage = open_storage(f"sqlite:///{tmp_path / STUDY_DB}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="s")
     [beating, silent] = [study.ask(), study.ask()]
     lanes = Lanes(storage, 1, 1)
@@ -111,6 +112,6 @@ def test_a_lost_trial_in_a_journal_is_failed_by_its_stale_heartbeat_and_requeued
     assert requeue_lost_trials(study, lanes) == [1]
     after = optuna.load_study(study_name="j", storage=storage).trials
     assert [t.state.name for t in after] == ["RUNNING", "FAIL", "WAITING"]
-    assert after[1].user_attrs["reason"] == "interrupted: worker elsewhere.example:12345 stopped"
-    assert after[2].params == after[1].params and after[2].system_attrs["failed_trial"] == 1
+    assert after[1].user_attrs[REASON] == "interrupted: worker elsewhere.example:12345 stopped"
+    assert after[2].params == after[1].params and after[2].system_attrs[RETRIED_FROM] == 1
     assert OWNER not in after[2].system_attrs and BEAT not in after[2].system_attrs

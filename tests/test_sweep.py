@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from helpers import REPO, load_study, read_trials, summary, tool, train_py
 
+from cnnsweep.artifacts import RunStatus
+from cnnsweep.files import BEST_FILE, METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.sweep.results import folder_rows
+from cnnsweep.sweep.study import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.train.model import ConvNet, count_parameters
-
-from conftest import REPO
 
 
 def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
@@ -61,27 +61,11 @@ def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
     )
 
 
-def train_py(*args: str, wait: bool = True):
-    command = [sys.executable, str(REPO / "train.py"), *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
     """The one `error:` line a sweep that stopped early ends with (and no traceback)."""
     assert result.returncode == exit_code and "Traceback" not in result.stdout + result.stderr, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     return line
-
-
-def read_trials(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / "trials.csv") as file:
-        return list(csv.DictReader(file))
-
-
-def load_study(sweep_dir: Path, name: str = "test") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
 
 
 def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
@@ -93,18 +77,20 @@ def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     rows = read_trials(sweep_dir)
     assert [row["number"] for row in rows] == ["0", "1", "2"]
     assert {row["state"] for row in rows} == {"COMPLETE"}
-    for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+    study = load_study(sweep_dir)
+    for row, trial in zip(rows, study.trials, strict=True):  # the table says what the study holds
+        assert {name: float(row[name]) for name in trial.params} == pytest.approx(trial.params)
+        assert float(row["duration_s"]) == round(trial.duration.total_seconds(), 1)
+        said = summary(row["run_dir"])
         assert Path(row["run_dir"]) == sweep_dir / row["number"]
-        assert summary["objective"] == "val_acc" and float(row["value"]) == summary["objective_value"]
-        assert float(row["test_acc"]) == summary["final_test_acc"]
-        assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1" and float(row["duration_s"]) > 0
-        assert 0.005 <= float(row["optimizer.lr"]) <= 0.2 and 0.0 <= float(row["model.dropout"]) <= 0.2
+        assert said["objective"] == "val_acc" and float(row["value"]) == said["objective_value"]
+        assert float(row["test_acc"]) == said["final_test_acc"]
+        assert int(row["n_params"]) == 18_970 and row["epochs_run"] == "1"
         config = yaml.safe_load((Path(row["run_dir"]) / ".hydra" / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == pytest.approx(float(row["optimizer.lr"]))
         assert "hydra.sweeper.trial" not in (Path(row["run_dir"]) / ".hydra" / "overrides.yaml").read_text()
 
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
     top = max(rows, key=lambda row: float(row["value"]))
     assert best["best_trial"] == int(top["number"]) and best["best_value"] == float(top["value"])
     assert best["n_trials_by_state"] == {"COMPLETE": 3}
@@ -112,11 +98,10 @@ def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):
     assert f"optimizer.lr={best['best_params']['optimizer.lr']}" in best["best_command"]
     assert "hparams_search=lr_gamma_dropout" in best["best_overrides"]
 
-    study = load_study(sweep_dir)
     assert [t.intermediate_values for t in study.trials] == [{1: float(row["value"])} for row in rows]
     assert study.metric_names == ["val_acc"]  # the dashboard and Optuna's plots name the objective
     # every trial carries its distance to the budget as an Optuna constraint (feasible: <= 0)
-    assert [t.constraints for t in study.trials] == [{"n_params_over_budget": 18_970 - 20_000}] * 3
+    assert [t.constraints for t in study.trials] == [{BUDGET_CONSTRAINT: 18_970 - 20_000}] * 3
 
 
 def test_over_budget_trials_are_pruned_fast_and_never_best(tiny_mnist, tmp_path):
@@ -132,10 +117,10 @@ def test_over_budget_trials_are_pruned_fast_and_never_best(tiny_mnist, tmp_path)
     assert "over the budget of 20,000" in over["reason"] and float(over["duration_s"]) < 2.0
     assert not (sweep_dir / over["number"]).exists() and over["run_dir"] == ""  # refused before its job started
     assert rows["16"]["state"] == "COMPLETE"
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
     assert best["best_trial"] == int(rows["16"]["number"])
     # recorded with its positive constraint value, so that samplers which read constraints learn the region
-    constraints = {t.number: t.constraints["n_params_over_budget"] for t in load_study(sweep_dir).trials}
+    constraints = {t.number: t.constraints[BUDGET_CONSTRAINT] for t in load_study(sweep_dir).trials}
     assert constraints[int(over["number"])] == int(over["n_params"]) - 20_000 > 0
     assert constraints[int(rows["16"]["number"])] == int(rows["16"]["n_params"]) - 20_000 <= 0
 
@@ -158,8 +143,8 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(tiny_mnist, tmp_pa
     for row in read_trials(sweep_dir):
         assert row["state"] == "PRUNED" and row["epochs_run"] == "1"
         assert row["reason"].startswith("pruned after epoch 1")
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["status"] == "pruned"
+        said = summary(row["run_dir"])
+        assert said["status"] == RunStatus.PRUNED
     assert {t.state for t in load_study(sweep_dir).trials} == {optuna.trial.TrialState.PRUNED}
 
 
@@ -182,7 +167,7 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_message(tiny_mnist, tmp_p
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "optimizer.lr=1e9", "hydra.sweeper.n_trials=4"))
     line = error_line(result, 1)
     assert line.startswith("error: 2 trials failed, more than max_failure_rate=0.25 of n_trials=4")
-    assert line.endswith(f"trials on record in {sweep_dir / 'trials.csv'}")
+    assert line.endswith(f"trials on record in {sweep_dir / TRIALS_FILE}")
     states = [row["state"] for row in read_trials(sweep_dir)]
     assert set(states) == {"FAIL"} and 2 <= len(states) < 4  # a trial already in flight may still finish
 
@@ -210,7 +195,7 @@ def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_pa
     args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=40")
     worker = train_py(*args, wait=False)
     try:
-        metrics = sweep_dir / "0" / "metrics.csv"
+        metrics = sweep_dir / "0" / METRICS_FILE
         deadline = time.time() + 120
         while not metrics.exists() and time.time() < deadline:  # trial 0 is training
             time.sleep(0.2)
@@ -240,11 +225,11 @@ def test_two_workers_share_one_study_and_respect_its_total(tiny_mnist, tmp_path)
     workers = [train_py(*args, wait=False) for _ in range(2)]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
-    counted = [t for t in load_study(sweep_dir).trials if not t.user_attrs.get("surplus")]
+    counted = [t for t in load_study(sweep_dir).trials if not t.user_attrs.get(SURPLUS)]
     assert len(counted) == 5 and {t.state.name for t in counted} == {"COMPLETE"}
     assert len({t.number for t in counted}) == 5
     assert len({tuple(sorted(t.params.items())) for t in counted}) == 5, "workers must not draw the same trials"
-    owners = {t.system_attrs["cnnsweep:owner"] for t in counted}
+    owners = {t.system_attrs[OWNER] for t in counted}
     assert len(owners) == 2, "both workers ran trials"
     assert len(read_trials(sweep_dir)) == 5
 
@@ -261,11 +246,11 @@ def test_two_workers_share_one_journal_file_and_respect_its_total(tiny_mnist, tm
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     trials = optuna.load_study(study_name="test", storage=storage).trials
-    counted = [t for t in trials if not t.user_attrs.get("surplus")]
+    counted = [t for t in trials if not t.user_attrs.get(SURPLUS)]
     assert len(counted) == 4 and {t.state.name for t in counted} == {"COMPLETE"}
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # each number once
     assert len({tuple(sorted(t.params.items())) for t in counted}) == 4, "workers must not draw the same trials"
-    assert len({t.system_attrs["cnnsweep:owner"] for t in counted}) == 2, "both workers ran trials"
+    assert len({t.system_attrs[OWNER] for t in counted}) == 2, "both workers ran trials"
     for i in range(2):  # each worker's table lists the whole study
         assert sorted(int(row["number"]) for row in read_trials(tmp_path / f"worker{i}")) == [t.number for t in counted]
 
@@ -273,9 +258,9 @@ def test_two_workers_share_one_journal_file_and_respect_its_total(tiny_mnist, tm
 def test_a_study_of_optuna_2_10_is_refused_in_one_line_before_any_trial(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    shutil.copy(REPO / "tests" / "data" / "optuna210.db", sweep_dir / "optuna.db")
+    shutil.copy(REPO / "tests" / "data" / "optuna210.db", sweep_dir / STUDY_DB)
     line = error_line(train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=1")), 2)
-    url = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    url = f"sqlite:///{sweep_dir / STUDY_DB}"
     assert line.startswith(f"error: study storage {url} was written by optuna 2.10.1: run `optuna storage upgrade")
     assert f"--storage {url}` once" in line and "one way" in line
     assert not [path for path in sweep_dir.iterdir() if path.name.isdigit()]  # no job started
@@ -292,10 +277,11 @@ def test_plain_grid_sweep_writes_the_same_table(tiny_mnist, tmp_path):
         ("1", "0.1", "COMPLETE"),
     ]
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert float(row["value"]) == summary["objective_value"] and int(row["n_params"]) == 18_970
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["name"] == "grid" and best["best_trial"] in (0, 1)
+        said = summary(row["run_dir"])
+        assert float(row["value"]) == said["objective_value"] and int(row["n_params"]) == 18_970
+    best = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
+    top = max(rows, key=lambda row: float(row["value"]))
+    assert best["name"] == "grid" and best["best_trial"] == int(top["number"])
 
 
 def test_a_grid_job_without_summary_is_running_while_the_sweep_runs_and_failed_after(tmp_path):
@@ -317,15 +303,12 @@ def test_a_loss_objective_is_minimised_and_its_lowest_trial_is_best(tiny_mnist, 
     rows = read_trials(sweep_dir)
     lowest = min(rows, key=lambda row: float(row["value"]))
     for row in rows:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["objective"] == "val_loss" and float(row["value"]) == summary["final_val_loss"]
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+        said = summary(row["run_dir"])
+        assert said["objective"] == "val_loss" and float(row["value"]) == said["final_val_loss"]
+    best = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
     assert (best["objective"], best["direction"]) == ("val_loss", "minimize")
     assert best["best_trial"] == int(lowest["number"]) == study.best_trial.number
-    report = subprocess.run(
-        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir), "--format", "json", "--no-plots"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    report = tool("report", sweep_dir, "--format", "json", "--no-plots")
     [sweep] = json.loads(report.stdout)["sweeps"]
     assert sweep["directions"] == ["minimize"] and sweep["best"]["number"] == int(lowest["number"])
 
@@ -339,7 +322,7 @@ def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(
         "error: hydra.sweeper.direction=maximize contradicts objective=val_loss, which is to minimize; "
         "drop hydra.sweeper.direction (it follows the objective)"
     )
-    assert not (sweep_dir / "optuna.db").exists() and not list(sweep_dir.glob("*/summary.json"))
+    assert not (sweep_dir / STUDY_DB).exists() and not list(sweep_dir.glob(f"*/{SUMMARY_FILE}"))
 
 
 @pytest.mark.slow
@@ -359,16 +342,16 @@ def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(ti
     rows = read_trials(sweep_dir)
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     for row, trial in zip(rows, study.trials, strict=True):
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-        assert summary["objectives"] == {
-            "val_acc": summary["final_val_acc"], "n_params": summary["n_params"],
-            "train_seconds": pytest.approx(summary["objectives"]["train_seconds"]),
+        said = summary(row["run_dir"])
+        assert said["objectives"] == {
+            "val_acc": said["final_val_acc"], "n_params": said["n_params"],
+            "train_seconds": pytest.approx(said["objectives"]["train_seconds"]),
         }  # fmt: skip
-        assert trial.values == [summary["final_val_acc"], summary["n_params"], summary["objectives"]["train_seconds"]]
-        assert float(row["value_val_acc"]) == trial.values[0] and int(row["value_n_params"]) == summary["n_params"]
+        assert trial.values == [said["final_val_acc"], said["n_params"], said["objectives"]["train_seconds"]]
+        assert float(row["value_val_acc"]) == trial.values[0] and int(row["value_n_params"]) == said["n_params"]
         assert float(row["value_train_seconds"]) == pytest.approx(trial.values[2])
 
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    results = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
     assert results["objectives"] == ["val_acc", "n_params", "train_seconds"]
     front = results["pareto_front"]
     assert sorted(entry["number"] for entry in front) == sorted(t.number for t in study.best_trials)
@@ -377,9 +360,7 @@ def test_a_multi_objective_sweep_records_every_objective_and_its_pareto_front(ti
         assert entry["command"].startswith("python train.py ") and "model.widths.0=" in entry["command"]
         assert entry["values"]["n_params"] == entry["n_params"]
 
-    report = subprocess.run(
-        [sys.executable, "-m", "cnnsweep.report", str(sweep_dir)], capture_output=True, text=True, timeout=120
-    )
+    report = tool("report", sweep_dir)
     assert f"Pareto front ({len(front)} trials, best val_acc first)" in report.stdout
     assert (sweep_dir / "pareto_front.png").stat().st_size > 10_000
 
@@ -390,7 +371,7 @@ def test_cmaes_is_refused_for_several_objectives_in_one_line(tiny_mnist, tmp_pat
     result = train_py(*args)
     line = error_line(result, 2)
     assert line.startswith("error: hydra/sweeper/sampler=cmaes optimises one objective")
-    assert not (sweep_dir / "optuna.db").exists()
+    assert not (sweep_dir / STUDY_DB).exists()
 
 
 @pytest.mark.slow
@@ -416,7 +397,7 @@ def test_a_failure_every_trial_shares_stops_the_sweep_after_one_trial(tiny_mnist
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "data.val_size=600", "hydra.sweeper.n_trials=4"))
     line = error_line(result, 2)
     assert line.startswith("error: trial 0 failed: data.val_size=600")
-    assert line.endswith(f"every trial would fail the same way; trials on record in {sweep_dir / 'trials.csv'}")
+    assert line.endswith(f"every trial would fail the same way; trials on record in {sweep_dir / TRIALS_FILE}")
     rows = read_trials(sweep_dir)
     assert [(row["number"], row["state"]) for row in rows] == [("0", "FAIL")]
     assert "data.val_size=600" in rows[0]["reason"]
@@ -439,7 +420,7 @@ def test_over_budget_draws_use_up_no_trial(tiny_mnist, tmp_path):
     for row in over:
         assert int(row["n_params"]) > 20_000 and "over the budget of 20,000" in row["reason"]
         assert not (sweep_dir / row["number"]).exists()
-    assert {t.number for t in load_study(sweep_dir).trials if t.user_attrs.get("over_budget")} == {
+    assert {t.number for t in load_study(sweep_dir).trials if t.user_attrs.get(OVER_BUDGET)} == {
         int(row["number"]) for row in over
     }
 

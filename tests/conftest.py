@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import REPO, synthetic_digits, write_cifar10, write_idx, write_image_folder
 
 # Test files run two at a time on our 2-core machines (pyproject.toml): a test that trains in its own

@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
-from helpers import tool
 
 from cnnsweep.tools.bench import format_table
 from cnnsweep.train.machine import machine_facts, machine_label
+
+from helpers import tool
 
 
 def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):

@@ -15,17 +15,18 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import read_trials, train_py
 from omegaconf import OmegaConf
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from postgres import running_server
 
 from cnnsweep.files import BEST_FILE, METRICS_FILE, MULTIRUN_FILE, STUDY_DB, SUMMARY_FILE
 from cnnsweep.sweep.storage import StorageUnavailable
 from cnnsweep.sweep.study import OVER_BUDGET, OWNER, REASON, REQUEUED, SURPLUS, open_storage
 from cnnsweep.sweep.trial import connect_trial
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
+
+from helpers import read_trials, train_py
+from postgres import running_server
 
 pytestmark = pytest.mark.slow  # submitit jobs and a PostgreSQL server
 

@@ -8,7 +8,6 @@ import signal
 
 import pytest
 import torch
-from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import SUMMARY_FILE
@@ -18,6 +17,8 @@ from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, gra
 from cnnsweep.train.data import Split
 from cnnsweep.train.loop import Trainer
 from cnnsweep.train.model import ConvNet, Dropout
+
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
 
 CPU = torch.device("cpu")
 

@@ -1,12 +1,13 @@
 """The real config: every option composes and instantiates; typos and wrong types are refused."""
 
 import pytest
-from helpers import CONF, compose_train
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_class, instantiate
 
 from cnnsweep.schema import compose_config
 from cnnsweep.train.model import check_budget, count_parameters
+
+from helpers import CONF, compose_train
 
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "trainer")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]

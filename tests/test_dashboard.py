@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from helpers import train_py
 from postgres import free_port
 

@@ -3,11 +3,12 @@ import shutil
 
 import pytest
 import torch
-from helpers import compose_train, write_cifar10, write_image_folder
 
 from cnnsweep.cli import check_config
 from cnnsweep.errors import UserError, make
 from cnnsweep.train.data import ImageFolderData, MNISTData, channel_stats, n_batches, ordered_batches, shuffled_batches
+
+from helpers import compose_train, write_cifar10, write_image_folder
 
 
 def mnist(root, **changes) -> MNISTData:

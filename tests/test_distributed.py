@@ -16,10 +16,8 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
-from helpers import read_trials, train_py
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from postgres import throwaway_server
 
 from cnnsweep.sweep.study import (
     OWNER,
@@ -31,6 +29,9 @@ from cnnsweep.sweep.study import (
     open_storage,
     requeue_lost_trials,
 )
+
+from helpers import read_trials, train_py
+from postgres import throwaway_server
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
 

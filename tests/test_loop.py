@@ -5,12 +5,13 @@ import re
 
 import pytest
 import torch
-from helpers import SEED_LAYOUT, SEED_WIDTHS
 from torch import nn
 
 from cnnsweep.errors import UserError
 from cnnsweep.train.loop import Trainer
 from cnnsweep.train.model import ConvNet
+
+from helpers import SEED_LAYOUT, SEED_WIDTHS
 
 
 def trainer(**changes) -> Trainer:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_train, metrics, summary, tiny_overrides
 
 from cnnsweep.files import METRICS_FILE
 from cnnsweep.train import machine
 from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
 from cnnsweep.train.run import train
+
+from helpers import compose_train, metrics, summary, tiny_overrides
 
 CPU = torch.device("cpu")
 

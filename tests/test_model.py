@@ -1,6 +1,5 @@
 import pytest
 import torch
-from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train
 from hydra.utils import instantiate
 from torch import nn
 
@@ -16,6 +15,8 @@ from cnnsweep.train.model import (
     count_parameters,
 )
 from cnnsweep.train.run import models_that_fit
+
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train
 
 
 def test_seed_cnn_config_has_exactly_18970_parameters():

@@ -8,9 +8,10 @@ import json
 import re
 
 import pytest
-from helpers import REPO, read_trials, summary, tiny_overrides, tool, train_py
 
 from cnnsweep.artifacts import RunStatus
+
+from helpers import REPO, read_trials, summary, tiny_overrides, tool, train_py
 
 pytestmark = pytest.mark.slow  # four train.py processes, one of them a sweep: about a minute on 2 cores
 

@@ -15,7 +15,6 @@ import optuna
 import pytest
 import torch
 import yaml
-from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.cli import check_run
@@ -23,6 +22,8 @@ from cnnsweep.errors import UserError
 from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.sweep.study import REASON, REQUEUED
 from cnnsweep.train.run import train
+
+from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
 
 
 @pytest.fixture(scope="module")

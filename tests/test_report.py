@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import read_metrics, summary, tool, train_py
 from PIL import Image
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import SUMMARY_FILE
+
+from helpers import read_metrics, summary, tool, train_py
 
 
 def sweep(*args: str) -> None:

@@ -7,10 +7,11 @@ import json
 import statistics
 
 import pytest
-from helpers import REPO, compose_train
 
 from cnnsweep.artifacts import parse_value
 from cnnsweep.sweep.results import pareto_rows
+
+from helpers import REPO, compose_train
 
 RESULTS = REPO / "results" / "recipes"
 RECIPES = sorted(path.name for path in RESULTS.iterdir() if path.is_dir() and path.name != "superseded")

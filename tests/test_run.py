@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from helpers import compose_train, metrics, read_metrics, summary, tiny_overrides, train_py, with_plain_net
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -13,6 +12,8 @@ from cnnsweep.objectives import resolve_objective
 from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import evaluate
 from cnnsweep.train.run import train
+
+from helpers import compose_train, metrics, read_metrics, summary, tiny_overrides, train_py, with_plain_net
 
 
 def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path):

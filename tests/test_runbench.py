@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from helpers import tool
 
 from cnnsweep.tools.runbench import runs_table
 from cnnsweep.train.machine import machine_facts, machine_label
+
+from helpers import tool
 
 
 def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):

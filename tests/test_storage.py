@@ -11,12 +11,13 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from postgres import free_port
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import STUDY_DB
 from cnnsweep.sweep.storage import StorageUnavailable, shown_url
 from cnnsweep.sweep.study import BEAT, OWNER, REASON, RETRIED_FROM, Lanes, open_storage, requeue_lost_trials
+
+from postgres import free_port
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import REPO, load_study, read_trials, summary, tool, train_py
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import BEST_FILE, METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.sweep.study import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.train.model import ConvNet, count_parameters
+
+from helpers import REPO, load_study, read_trials, summary, tool, train_py
 
 
 def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:

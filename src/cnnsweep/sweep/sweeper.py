@@ -1,14 +1,13 @@
 """cnnsweep's Optuna sweeper: hydra-optuna-sweeper's search-space handling with a sturdier loop.
 
-What it adds to the released sweeper (whose config, search-space parsing and trial configuration
-it reuses):
+What it adds to the released sweeper (whose config and search-space parsing it reuses):
 - the study's direction(s) follow `objective` (one name, or several for a Pareto front), and an
   explicit `direction` that contradicts them is refused before any trial;
 - every sampler runs with every search space (the grid splits intervals), seeded per study and trial;
 - every job learns its trial (trial N runs as job N: `hydra.job.num`) and reports to it each epoch, so
   the pruner can stop it: such trials are PRUNED, not FAIL (multi-objective trials run unpruned:
   Optuna cannot prune them);
-- every sampled model is built in the sweep's own process before any job starts, and its distance to
+- every sampled model is built in the sweep's own process before its job starts, and its distance to
   `budget.max_params` is the trial's Optuna constraint (`n_params - max_params`, feasible at <= 0): a
   model over budget is PRUNED with its positive constraint value, never runs and does not use up one of
   the study's n_trials, and samplers that read constraints (TPE) learn to avoid that region;
@@ -19,8 +18,8 @@ it reuses):
 - the study lives in storage (SQLite by default, any RDB URL, or a journal file) and `n_trials` is the
   study's total: rerunning the command continues it, trials left RUNNING by a dead worker are failed and
   re-queued, and several workers may share one study;
-- trials.csv and optimization_results.yaml describe every trial, after every batch, and show the
-  storage URL (as the log does) with its password masked;
+- trials.csv and optimization_results.yaml are rewritten after every trial: they describe every trial
+  and show the storage URL (as the log does) with its password masked;
 - a job that ends without a result (killed, lost, past submitit's timeout) FAILs its trial, and
   submitit does not restart a timed-out job from its first epoch;
 - a database briefly unreachable is waited for (cnnsweep.sweep.storage), and given up in one line;

@@ -51,8 +51,8 @@ from cnnsweep.cli import check_config, one_line
 from cnnsweep.errors import UserError
 from cnnsweep.files import MULTIRUN_FILE, SUMMARY_FILE
 from cnnsweep.objectives import checked_directions
+from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OVERRIDES, OWNER, REASON
 from cnnsweep.sweep.results import (
-    OVERRIDES,
     TRIALS_FILE,
     facts_from_summary,
     study_rows,
@@ -62,10 +62,6 @@ from cnnsweep.sweep.results import (
 from cnnsweep.sweep.samplers import GridSearch, check_objectives, reseed, search_space
 from cnnsweep.sweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, password_of, shown_url
 from cnnsweep.sweep.study import (
-    BUDGET_CONSTRAINT,
-    OVER_BUDGET,
-    OWNER,
-    REASON,
     Lanes,
     claim,
     heartbeats,

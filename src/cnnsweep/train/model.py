@@ -219,6 +219,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def model_size(model_config: Any) -> int:
+    """Trainable parameters of the model a model config names (built, then counted)."""
+    return count_parameters(build_model(model_config))
+
+
 SMALLER = "shrink the model (model.widths, for the shipped ones) or raise/disable budget.max_params"
 
 

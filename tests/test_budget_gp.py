@@ -9,8 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnsweep.schema import compose_config
+from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT
 from cnnsweep.sweep.samplers import BudgetAwareGP, OverBudgetShown
-from cnnsweep.sweep.study import BUDGET_CONSTRAINT
 
 STARTUP = 5
 

@@ -20,8 +20,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from cnnsweep.files import BEST_FILE, METRICS_FILE, MULTIRUN_FILE, STUDY_DB, SUMMARY_FILE
+from cnnsweep.sweep.attrs import OVER_BUDGET, OWNER, REASON, REQUEUED, SURPLUS
 from cnnsweep.sweep.storage import StorageUnavailable
-from cnnsweep.sweep.study import OVER_BUDGET, OWNER, REASON, REQUEUED, SURPLUS, open_storage
+from cnnsweep.sweep.study import open_storage
 from cnnsweep.sweep.trial import connect_trial
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 

@@ -19,16 +19,8 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.sweep.study import (
-    OWNER,
-    REASON,
-    REQUEUED,
-    RETRIED_FROM,
-    SURPLUS,
-    Lanes,
-    open_storage,
-    requeue_lost_trials,
-)
+from cnnsweep.sweep.attrs import OWNER, REASON, REQUEUED, RETRIED_FROM, SURPLUS
+from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
 
 from helpers import read_trials, train_py
 from postgres import throwaway_server

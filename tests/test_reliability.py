@@ -20,7 +20,7 @@ from cnnsweep.artifacts import RunStatus
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
 from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
-from cnnsweep.sweep.study import REASON, REQUEUED
+from cnnsweep.sweep.attrs import REASON, REQUEUED
 from cnnsweep.train.run import train
 
 from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows

@@ -14,8 +14,9 @@ import sqlalchemy
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import STUDY_DB
+from cnnsweep.sweep.attrs import BEAT, OWNER, REASON, RETRIED_FROM
 from cnnsweep.sweep.storage import StorageUnavailable, shown_url
-from cnnsweep.sweep.study import BEAT, OWNER, REASON, RETRIED_FROM, Lanes, open_storage, requeue_lost_trials
+from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
 
 from postgres import free_port
 

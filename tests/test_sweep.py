@@ -15,8 +15,8 @@ import yaml
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import BEST_FILE, METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.sweep.results import folder_rows
-from cnnsweep.sweep.study import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.train.model import ConvNet, count_parameters
 
 from helpers import REPO, load_study, read_trials, summary, tool, train_py

@@ -24,6 +24,11 @@ def direction_of(objective: str) -> str:
     return MAXIMIZE if objective.endswith("_acc") or objective == "auto" else MINIMIZE
 
 
+def is_accuracy(objective: str) -> bool:
+    """Whether an objective is an accuracy (a fraction, shown in percent; maximised)."""
+    return objective.endswith("_acc")
+
+
 def directions_of(objectives: Sequence[str]) -> list[str]:
     return [direction_of(name) for name in objectives]
 

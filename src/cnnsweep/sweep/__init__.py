@@ -1,9 +1,13 @@
 """Sweeping: cnnsweep's Hydra sweeper over an Optuna study, and the sweep's records.
 
-    hydra.sweeper.params -> StudySweeper (sweeper.py) asks the study for trials, holds them to the
-    parameter budget, launches them as Hydra jobs -> each job is one `cnnsweep.train` run that
-    reports to its trial (trial.py) -> study (study.py, storage.py) -> trials.csv (results.py)
+    hydra.sweeper.params -> StudySweeper (sweeper.py) asks the study for trials and claims them
+    (claims.py), holds them to the parameter budget (budget.py), launches them as Hydra jobs -> each
+    job is one `cnnsweep.train` run that reports to its trial (trial.py) -> what it came to
+    (outcomes.py) -> study (study.py, storage.py) -> trials.csv (results.py), after every trial;
+    the failure policy and the sweep's last line (endings.py)
 
-It uses the training package only through its public entry (train.py's job and the model's
-parameter count); the tools read what it writes.
+Trials carry the attribute names of attrs.py and the state names of states.py. The package uses the
+training package through a few public names: each job runs train.py's task; the sweep's own process
+builds and counts a trial's model (train.model) and catches Ctrl-C / SIGTERM as a run does
+(train.signals). The tools read what it writes.
 """

@@ -23,22 +23,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.artifacts import RunFolder, RunStatus, write_csv, write_text
+from cnnsweep.artifacts import RunFolder, write_csv, write_text
 from cnnsweep.files import BEST_FILE, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
-from cnnsweep.sweep.study import REQUEUED, SURPLUS
+from cnnsweep.sweep.attrs import OVERRIDES, REQUEUED, SURPLUS
+from cnnsweep.sweep.states import COMPLETE, FAIL, RUNNING, STATE_OF_STATUS
 
 FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir", "reason")
-OVERRIDES = "overrides"  # trial user attr: the task overrides the trial's job ran with
-STATE_OF_STATUS = {  # summary.json status -> the Optuna state name used in the table
-    RunStatus.COMPLETED: "COMPLETE",
-    RunStatus.RUNNING: "RUNNING",
-    RunStatus.PRUNED: "PRUNED",
-    RunStatus.OVER_BUDGET: "PRUNED",
-    RunStatus.DIVERGED: "FAIL",
-    RunStatus.FAILED: "FAIL",
-    RunStatus.INTERRUPTED: "FAIL",
-}
 
 
 def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -85,7 +76,7 @@ def row_values(row: dict[str, Any], objectives: Sequence[str]) -> list[float]:
 
 
 def complete_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for row in rows if row["state"] == "COMPLETE" and row["value"] is not None]
+    return [row for row in rows if row["state"] == COMPLETE and row["value"] is not None]
 
 
 def best_row(rows: Sequence[dict[str, Any]], direction: str) -> dict[str, Any] | None:
@@ -206,15 +197,15 @@ def folder_rows(
         summary = folder.read_summary()
         values = None
         if summary is not None:
-            state = STATE_OF_STATUS.get(summary["status"], "FAIL")
+            state = STATE_OF_STATUS.get(summary["status"], FAIL)
             found = summary.get("objectives") or {summary.get("objective"): summary.get("objective_value")}
-            if state == "COMPLETE":
+            if state == COMPLETE:
                 values = [found.get(name) for name in objectives]
             facts = facts_from_summary(summary, run_dir)
         elif in_flight:
-            state, facts = "RUNNING", {"run_dir": str(run_dir), "reason": "starting"}
+            state, facts = RUNNING, {"run_dir": str(run_dir), "reason": "starting"}
         else:
-            state = "FAIL"
+            state = FAIL
             facts = {
                 "run_dir": str(run_dir),
                 "reason": "no summary.json: the job stopped before its model was built",

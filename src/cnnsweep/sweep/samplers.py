@@ -1,5 +1,5 @@
 """Optuna samplers as cnnsweep's sweeps use them: a grid over any search space, a GP that learns the
-parameter budget, and per-trial seeding.
+parameter budget, per-trial seeding, and each trial's draw from the search space.
 
 Every sampler option (`hydra/sweeper/sampler=tpe|random|gp|qmc|cmaes|nsgaii|nsgaiii|grid`) runs with
 every search space: the grid sampler splits continuous intervals into `interval_points` values, and a
@@ -21,7 +21,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
-from cnnsweep.sweep.study import BUDGET_CONSTRAINT
+from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT
 
 # Private Optuna attributes (1 of 2): the sampler's own random state, by attribute name. Optuna keeps it in
 # private attributes (each a LazyRandomState whose public `.rng` is a numpy RandomState) and offers no way
@@ -153,6 +153,26 @@ def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dic
     for name in fixed_params:
         distributions.pop(name, None)
     return distributions, fixed_params, fixed_overrides
+
+
+def configure_trial(
+    trial: optuna.Trial,
+    distributions: dict[str, BaseDistribution],
+    fixed_params: dict[str, Any],
+    fixed_overrides: list[str],
+) -> tuple[str, ...]:
+    """Draw the trial's parameters (Optuna's public suggest_* calls) and return its job's overrides."""
+    for name, distribution in distributions.items():
+        if isinstance(distribution, CategoricalDistribution):
+            trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        elif isinstance(distribution, FloatDistribution):
+            trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        else:  # pragma: no cover - hydra-optuna-sweeper makes only these three
+            raise UserError(f"{name}: a {type(distribution).__name__} cannot be swept")
+    params = {**trial.params, **fixed_params}
+    return (*(f"{name}={value}" for name, value in params.items()), *fixed_overrides)
 
 
 def trial_seed(seed: int, study_name: str, number: int) -> int:

@@ -41,6 +41,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
+from cnnsweep.sweep.attrs import BEAT, OVER_BUDGET, OWNER, REASON, REQUEUED, RETRIED_FROM, SURPLUS
 from cnnsweep.sweep.storage import (
     DATABASE_ERRORS,
     JOURNAL,
@@ -60,15 +61,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
-OWNER = "cnnsweep:owner"  # system attr: "host:pid" of the sweep process running the trial
-BEAT = "cnnsweep:heartbeat"  # system attr in a journal: the worker's clock (epoch seconds) at its last heartbeat
-REQUEUED = "requeued"  # user attr: this FAILed trial's parameters were queued again
-SURPLUS = "surplus"  # user attr: asked beyond n_trials by a racing worker, never run
-REASON = "reason"  # user attr: why the trial was pruned or failed
-OVER_BUDGET = "over_budget"  # user attr: the drawn model was over budget.max_params, so it never ran
-# Optuna constraint (trial.set_constraint): n_params - budget.max_params; feasible at <= 0
-BUDGET_CONSTRAINT = "n_params_over_budget"
-RETRIED_FROM = "failed_trial"  # system attr set by Optuna's RetryHeartbeatStaleTrialCallback: a chain's first trial
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's write lock on a SQLite study
 STORAGE_ATTEMPTS = 5  # tries to open a storage that other workers may be creating at the same moment
 UPGRADE = "optuna storage upgrade"  # the command Optuna names for a database of an older schema

@@ -17,6 +17,8 @@ import optuna  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cnnsweep.artifacts import write_atomically  # noqa: E402
+from cnnsweep.objectives import MAXIMIZE, N_PARAMS, is_accuracy  # noqa: E402
+from cnnsweep.sweep.states import COMPLETE  # noqa: E402
 
 SPLIT_STYLE = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -49,7 +51,7 @@ def learning_curves(metrics: Sequence[dict[str, Any]], title: str, path: Path) -
 
 def accuracy_vs_params(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Each finished trial's objective and test accuracy against its parameter count."""
-    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get("n_params")]
+    complete = [row for row in rows if row["state"] == COMPLETE and row.get("n_params")]
     figure, axes = plt.subplots(figsize=(6, 4))
     n_params = [row["n_params"] for row in complete]
     axes.scatter(n_params, [100 * row["value"] for row in complete], label="objective", color="tab:orange")
@@ -146,16 +148,16 @@ def pareto_front(
     accuracies are drawn in percent.
     """
     x_name, y_name = objectives[1], objectives[0]
-    if x_name != "n_params" and "n_params" in objectives[:2]:
+    if x_name != N_PARAMS and N_PARAMS in objectives[:2]:
         x_name, y_name = y_name, x_name
 
     def scale(name: str, value: float) -> float:
-        return 100 * value if name.endswith("_acc") else value
+        return 100 * value if is_accuracy(name) else value
 
     def points(chosen: Sequence[dict[str, Any]], name: str) -> list[float]:
         return [scale(name, row[f"value_{name}"]) for row in chosen]
 
-    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get(f"value_{x_name}") is not None]
+    complete = [row for row in rows if row["state"] == COMPLETE and row.get(f"value_{x_name}") is not None]
     ordered = sorted(front, key=lambda row: row[f"value_{x_name}"])
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.scatter(points(complete, x_name), points(complete, y_name), color="tab:gray", alpha=0.6, label="trials")
@@ -166,12 +168,12 @@ def pareto_front(
             str(row["number"]), (scale(x_name, row[f"value_{x_name}"]), scale(y_name, row[f"value_{y_name}"])),
             textcoords="offset points", xytext=(4, 4), fontsize=7,
         )  # fmt: skip
-    if max_params is not None and x_name == "n_params":
+    if max_params is not None and x_name == N_PARAMS:
         axes.axvline(max_params, color="tab:blue", linestyle="--", label=f"budget ({max_params:,})")
-    arrows = {name: "↑" if d == "maximize" else "↓" for name, d in zip(objectives, directions, strict=True)}
+    arrows = {name: "↑" if d == MAXIMIZE else "↓" for name, d in zip(objectives, directions, strict=True)}
     axes.set(
         xlabel=f"{x_name} ({arrows[x_name]} better)",
-        ylabel=f"{y_name}{' (%)' if y_name.endswith('_acc') else ''} ({arrows[y_name]} better)",
+        ylabel=f"{y_name}{' (%)' if is_accuracy(y_name) else ''} ({arrows[y_name]} better)",
         title=f"Pareto front: {y_name} against {x_name}",
     )
     axes.grid(alpha=0.3)

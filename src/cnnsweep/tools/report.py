@@ -27,11 +27,9 @@ import yaml
 
 from cnnsweep.artifacts import RunFolder, RunStatus, parse_value, read_csv
 from cnnsweep.errors import UserError
-from cnnsweep.files import MULTIRUN_FILE, STUDY_DB
+from cnnsweep.files import BEST_FILE, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
 from cnnsweep.sweep.results import (
-    BEST_FILE,
-    TRIALS_FILE,
     best_row,
     count_states,
     folder_rows,
@@ -40,6 +38,7 @@ from cnnsweep.sweep.results import (
     study_rows,
     sweep_objectives,
 )
+from cnnsweep.sweep.states import COMPLETE, FINISHED
 from cnnsweep.sweep.study import open_storage
 
 COLUMNS = ("run", "state", "objective", "value", "test_acc", "n_params", "epochs", "duration_s", "overrides")
@@ -173,7 +172,7 @@ def rows_study(rows: Sequence[dict[str, Any]], direction: str) -> optuna.Study |
     """An in-memory Optuna study of finished trial rows, so grid sweeps get Optuna's plots too."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    finished = [row for row in rows if row["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+    finished = [row for row in rows if row["state"] in FINISHED]
     names = sorted({key for row in finished for key in row_params(row)})
     values = {name: [parse_value(row.get(name)) for row in finished] for name in names}
     distributions = {}
@@ -217,7 +216,7 @@ def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> 
                     sweep["max_params"] if N_PARAMS in sweep["objectives"] else None, sweep_dir / "pareto_front.png",
                 )
             )  # fmt: skip
-        if any(row["state"] == "COMPLETE" and row.get("n_params") for row in sweep["rows"]):
+        if any(row["state"] == COMPLETE and row.get("n_params") for row in sweep["rows"]):
             written.append(plots.accuracy_vs_params(sweep["rows"], sweep_dir / "accuracy_vs_params.png"))
     return written
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.schema import CONF_DIR
+from cnnsweep.sweep.states import COMPLETE, PRUNED
 from cnnsweep.tools.bench import aligned, named
 from cnnsweep.train.compiling import CACHE_ENV
 from cnnsweep.train.machine import machine_facts, machine_label
@@ -101,14 +102,14 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
     )
     with open(sweep_dir / TRIALS_FILE) as file:
         trials = list(csv.DictReader(file))
-    finished = [trial for trial in trials if trial["state"] in ("COMPLETE", "PRUNED") and int(trial["epochs_run"] or 0)]
+    finished = [trial for trial in trials if trial["state"] in (COMPLETE, PRUNED) and int(trial["epochs_run"] or 0)]
     epochs = sum(int(trial["epochs_run"]) for trial in finished)
     return {
         "variant": name,
         "overrides": list(variant),
         "wall_s": wall_s,
-        "trials_completed": sum(trial["state"] == "COMPLETE" for trial in finished),
-        "trials_pruned": sum(trial["state"] == "PRUNED" for trial in finished),
+        "trials_completed": sum(trial["state"] == COMPLETE for trial in finished),
+        "trials_pruned": sum(trial["state"] == PRUNED for trial in finished),
         "trials_per_hour": 3600 * len(finished) / wall_s,  # completed and pruned: every trial the sweep ran
         "epochs_per_hour": 3600 * epochs / wall_s,  # the fair measure when pruning stops trials early
     }

@@ -1,0 +1,20 @@
+"""The names a sweep writes on its study's trials: Optuna user attrs, system attrs and constraints.
+
+The sweeper and the study's bookkeeping (study.py) set them; the results table reads them. A module
+with no imports, so that a reader needs none of the study machinery to name them.
+"""
+
+# User attrs (Optuna shows them in the dashboard; trials.csv has a column for some)
+REASON = "reason"  # why the trial was pruned or failed
+OVER_BUDGET = "over_budget"  # the drawn model was over budget.max_params, so it never ran
+OVERRIDES = "overrides"  # the task overrides the trial's job ran with
+REQUEUED = "requeued"  # this FAILed trial's parameters were queued again
+SURPLUS = "surplus"  # asked beyond n_trials by a racing worker, never run
+
+# System attrs
+OWNER = "cnnsweep:owner"  # "host:pid" of the sweep process running the trial
+BEAT = "cnnsweep:heartbeat"  # in a journal: the worker's clock (epoch seconds) at its last heartbeat
+RETRIED_FROM = "failed_trial"  # set by Optuna's RetryHeartbeatStaleTrialCallback: a chain's first trial
+
+# Optuna constraint (trial.set_constraint): n_params - budget.max_params; feasible at <= 0
+BUDGET_CONSTRAINT = "n_params_over_budget"

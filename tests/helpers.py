@@ -25,9 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
 TIMING_COLUMNS = ("seconds", "images_per_s")  # metrics.csv's columns that differ between identical runs
 
-# The seed network (conf/model/seed_cnn.yaml) as ConvNet's arguments
+# The seed network's layout and widths, as conf/model/seed_cnn.yaml says (checked by test_model)
 SEED_LAYOUT = ["conv", "conv", "pool", "conv", "conv", "pool", "conv_valid", "conv_valid", "conv_valid"]
 SEED_WIDTHS = [10, 20, 10, 10, 10, 10, 120]
+
+
+def seed_cnn(**changes: object) -> torch.nn.Module:
+    """The seed network as conf/model/seed_cnn.yaml builds it on MNIST (every setting from the YAML), with `changes`."""
+    from cnnsweep.train.model import ConvNet
+
+    settings = OmegaConf.to_container(compose_train().model, resolve=True)
+    del settings["_target_"]
+    return ConvNet(**(settings | changes))
 
 
 def compose_train(overrides: list[str] | None = None) -> DictConfig:

@@ -30,7 +30,7 @@ def test_angle_zero_is_the_identity():
     zero = torch.zeros(len(images))
     assert torch.equal(rotate(images, zero, "nearest"), images)
     assert torch.allclose(rotate(images, zero, "bilinear"), images, atol=1e-5)
-    assert torch.equal(RandomRotation(0.0)(images, torch.Generator().manual_seed(0)), images)
+    assert torch.equal(RandomRotation(0.0, "nearest")(images, torch.Generator().manual_seed(0)), images)
 
 
 def test_quarter_turn_moves_pixels_as_a_rotation_and_fills_with_zero():
@@ -45,8 +45,8 @@ def test_quarter_turn_moves_pixels_as_a_rotation_and_fills_with_zero():
 
 def test_each_image_gets_its_own_angle_and_draws_are_seeded():
     image = digits(1).repeat(16, 1, 1, 1)
-    first = RandomRotation(7.0)(image, torch.Generator().manual_seed(3))
-    again = RandomRotation(7.0)(image, torch.Generator().manual_seed(3))
+    first = RandomRotation(7.0, "nearest")(image, torch.Generator().manual_seed(3))
+    again = RandomRotation(7.0, "nearest")(image, torch.Generator().manual_seed(3))
     assert torch.equal(first, again)
     distinct = {tuple(first[i].flatten().tolist()) for i in range(16)}
     assert len(distinct) > 8
@@ -61,7 +61,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(UserError, match="interpolation='bicubic'"):
         RandomRotation(7.0, "bicubic")
     with pytest.raises(UserError, match="degrees=-1"):
-        RandomRotation(-1.0)
+        RandomRotation(-1.0, "nearest")
 
 
 def test_affine_shifts_and_zooms_about_the_centre():
@@ -79,9 +79,13 @@ def test_affine_shifts_and_zooms_about_the_centre():
 
 def test_random_affine_without_shift_and_zoom_is_the_rotation():
     images = digits()
-    plain = RandomAffine(7.0, translate=0.0, scale=[1.0, 1.0])(images, torch.Generator().manual_seed(4))
-    assert torch.equal(RandomAffine(0.0, 0.0, [1.0, 1.0])(images, torch.Generator()), images)
-    varied = RandomAffine(7.0, translate=0.1, scale=[0.9, 1.1])(images, torch.Generator().manual_seed(4))
+    plain = RandomAffine(7.0, translate=0.0, scale=[1.0, 1.0], interpolation="nearest")(
+        images, torch.Generator().manual_seed(4)
+    )
+    assert torch.equal(RandomAffine(0.0, 0.0, [1.0, 1.0], "nearest")(images, torch.Generator()), images)
+    varied = RandomAffine(7.0, translate=0.1, scale=[0.9, 1.1], interpolation="nearest")(
+        images, torch.Generator().manual_seed(4)
+    )
     assert plain.shape == varied.shape and not torch.equal(plain, varied)
     # the draws, as documented: per image an angle in [-7, 7], a zoom in [0.9, 1.1], a shift of up to 0.1
     # of the image size on each axis
@@ -110,7 +114,7 @@ def test_random_affine_without_shift_and_zoom_is_the_rotation():
 )
 def test_bad_affine_settings_are_refused(settings, message):
     with pytest.raises(UserError) as error:
-        RandomAffine(**({"degrees": 7.0, "translate": 0.1, "scale": [0.9, 1.1]} | settings))
+        RandomAffine(**({"degrees": 7.0, "translate": 0.1, "scale": [0.9, 1.1], "interpolation": "nearest"} | settings))
     assert message in str(error.value)
 
 

@@ -16,9 +16,9 @@ from cnnsweep.train import compiling
 from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key
 from cnnsweep.train.data import Split
 from cnnsweep.train.loop import Trainer
-from cnnsweep.train.model import ConvNet, Dropout
+from cnnsweep.train.model import Dropout
 
-from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, metrics, summary, tiny_overrides, train_py, wait_for_rows
+from helpers import SEED_WIDTHS, compose_train, metrics, seed_cnn, summary, tiny_overrides, train_py, wait_for_rows
 
 CPU = torch.device("cpu")
 
@@ -53,9 +53,9 @@ def test_the_cache_folder_is_torchs_own_setting_or_ours(monkeypatch, tmp_path):
 
 def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
-    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
+    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None, label_smoothing=0.0, ema_decay=None)
     one_batch = Split(torch.zeros(16, 1, 28, 28, dtype=torch.uint8), torch.zeros(16, dtype=torch.long))
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    model = seed_cnn()
     forward, choice = trainer.compiled(model, one_batch, 16, 1)
     assert choice.compile and forward is not model and forward._orig_mod is model  # torch.compile's wrapper
     assert os.environ[compiling.CACHE_ENV] == str(compiling.COMPILE_CACHE)  # set before torch compiles anything
@@ -63,7 +63,7 @@ def test_a_run_told_to_compile_compiles_into_the_shared_folder(monkeypatch):
 
 def test_graph_keys_ignore_dropout_rates_and_tell_everything_else_apart():
     def key(dropout=0.1, widths=SEED_WIDTHS, shape=(128, 1, 28, 28), precision="fp32", nhwc=False):
-        return graph_key(ConvNet(widths, SEED_LAYOUT, dropout=dropout), shape, CPU, precision, nhwc)
+        return graph_key(seed_cnn(widths=widths, dropout=dropout), shape, CPU, precision, nhwc)
 
     assert key(0.1) == key(0.03)
     others = {key(widths=[12, *SEED_WIDTHS[1:]]), key(shape=(64, 1, 28, 28)), key(precision="bf16"), key(nhwc=True)}
@@ -87,8 +87,8 @@ def test_compiled_dropout_takes_its_rate_as_an_input_not_a_constant():
 
 
 def test_compiled_runs_evaluate_an_nhwc_copy_as_eager_runs_do():
-    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None)
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    trainer = Trainer(1, "cpu", False, None, None, True, "fp32", None, label_smoothing=0.0, ema_decay=None)
+    model = seed_cnn()
     evaluated = trainer.eval_model(model)
     assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -113,7 +113,7 @@ def test_a_compiled_run_checkpoints_plain_weights_that_evaluate_to_its_numbers(c
     assert "compile: on (trainer.compile=true)" in (compiled_run / "train.log").read_text()
     state = torch.load(compiled_run / "checkpoints" / "last.pt", weights_only=True)
     assert not [name for name in state["model"] if "_orig_mod" in name]
-    ConvNet(SEED_WIDTHS, SEED_LAYOUT).load_state_dict(state["model"])  # a plain ConvNet loads them
+    seed_cnn().load_state_dict(state["model"])  # a plain ConvNet loads them
     assert int(state["ema"]["n_averaged"]) == 8 * 4
     evaluation = evaluate_checkpoint(compiled_run, "last", device="cpu")
     assert evaluation["test_acc"] == pytest.approx(said["final_test_acc"], abs=1e-9)

@@ -26,6 +26,7 @@ def mnist(root, **changes) -> MNISTData:
         mean=[0.1307],
         std=[0.3081],
         download=False,
+        dataset="MNIST",
     )
     return MNISTData(**(settings | changes))
 

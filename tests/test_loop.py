@@ -9,9 +9,8 @@ from torch import nn
 
 from cnnsweep.errors import UserError
 from cnnsweep.train.loop import Trainer
-from cnnsweep.train.model import ConvNet
 
-from helpers import SEED_LAYOUT, SEED_WIDTHS
+from helpers import seed_cnn
 
 
 def trainer(**changes) -> Trainer:
@@ -24,6 +23,8 @@ def trainer(**changes) -> Trainer:
         compile=False,
         precision="fp32",
         threads=None,
+        label_smoothing=0.0,
+        ema_decay=None,
     )
     return Trainer(**(settings | changes))
 
@@ -32,7 +33,7 @@ def one_step(chosen: Trainer) -> tuple[torch.nn.Module, float]:
     from cnnsweep.train.data import Split
 
     torch.manual_seed(0)
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)  # dropout masks follow memory layout
+    model = seed_cnn(dropout=0.0)  # dropout masks follow memory layout
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     # labels the untrained model's own predictions (a copy's, in training mode as in the step) get right
     # on the first 11 images only: the step must count 11 correct, whatever the layout or precision
@@ -60,7 +61,7 @@ def test_threads_are_applied_by_setup():
     before = torch.get_num_threads()
     wanted = 2 if before == 1 else 1  # not what it was already
     try:
-        trainer(threads=wanted).setup(ConvNet(SEED_WIDTHS, SEED_LAYOUT))
+        trainer(threads=wanted).setup(seed_cnn())
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
@@ -89,7 +90,7 @@ def test_bad_trainer_settings_are_refused(changes, message):
 def test_auto_settings_take_the_devices_defaults():
     cpu = trainer(channels_last=None, precision="auto")
     assert (cpu.channels_last, cpu.eval_channels_last) == (False, True)  # precision: tests/test_machine.py
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT)
+    model = seed_cnn()
     cpu.setup(model)
     evaluated = cpu.eval_model(model)
     assert evaluated is not model and evaluated.features[0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -113,7 +114,7 @@ class Counting(torch.nn.Module):
 def test_full_batches_go_through_the_compiled_module_and_the_last_smaller_one_through_the_model():
     from cnnsweep.train.data import Split
 
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.0)
+    model = seed_cnn(dropout=0.0)
     compiled = Counting(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)

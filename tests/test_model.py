@@ -6,7 +6,6 @@ from torch import nn
 from cnnsweep.errors import UserError, make
 from cnnsweep.schema import CONF_DIR, ConfigOptions
 from cnnsweep.train.model import (
-    ConvNet,
     Dropout,
     OverBudget,
     build_model,
@@ -16,7 +15,7 @@ from cnnsweep.train.model import (
 )
 from cnnsweep.train.run import models_that_fit
 
-from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train
+from helpers import SEED_LAYOUT, SEED_WIDTHS, compose_train, seed_cnn
 
 
 def test_seed_cnn_config_has_exactly_18970_parameters():
@@ -24,8 +23,13 @@ def test_seed_cnn_config_has_exactly_18970_parameters():
     assert count_parameters(model) == 18_970
 
 
+def test_the_tests_seed_layout_and_widths_are_the_yamls():
+    model = compose_train().model
+    assert (list(model.layout), list(model.widths)) == (SEED_LAYOUT, SEED_WIDTHS)
+
+
 def test_seed_cnn_layers_match_the_recipe():
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT, dropout=0.1)
+    model = seed_cnn(dropout=0.1)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.padding[0]) for c in convs] == [
         (1, 10, 1),
@@ -46,7 +50,7 @@ def test_seed_cnn_layers_match_the_recipe():
 
 
 def test_forward_returns_logits():
-    model = ConvNet(SEED_WIDTHS, SEED_LAYOUT).eval()
+    model = seed_cnn().eval()
     images = torch.randn(4, 1, 28, 28)
     out = model(images)
     assert out.shape == (4, 10)
@@ -55,7 +59,7 @@ def test_forward_returns_logits():
 
 
 def test_widths_change_the_parameter_count_and_gap_head_works():
-    small = ConvNet([8, 16, 8, 8, 8, 8, 64], SEED_LAYOUT, head="gap")
+    small = seed_cnn(widths=[8, 16, 8, 8, 8, 8, 64], head="gap")
     assert count_parameters(small) < 18_970
     assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -73,7 +77,7 @@ def test_widths_change_the_parameter_count_and_gap_head_works():
 )
 def test_bad_architectures_are_refused_with_the_value(widths, layout, dropout, head, message):
     with pytest.raises(UserError) as error:
-        ConvNet(widths, layout, dropout=dropout, head=head)
+        seed_cnn(widths=widths, layout=layout, dropout=dropout, head=head)
     assert message in str(error.value)
 
 

@@ -458,6 +458,6 @@ def test_the_fashion_search_runs_on_another_data_set_with_another_sampler_and_ob
     for row in rows:
         widths = [int(row[f"model.widths.{i}"]) for i in range(7)]
         layout = ["conv", "conv", "pool", "conv1x1", "conv", "conv", "pool", "conv", "conv"]
-        network = ConvNet(widths, layout, head="gap", in_channels=3, image_size=32, num_classes=10)
+        network = ConvNet(widths, layout, dropout=0.0, head="gap", in_channels=3, image_size=32, num_classes=10)
         assert int(row["n_params"]) == count_parameters(network) <= 20_000
         assert row["augmentation.padding"] in {"0", "1", "2", "3"} and row["augmentation.flip"] in {"True", "False"}

@@ -2,7 +2,8 @@
 
 Each YAML option in conf/ starts its defaults list with its schema (e.g. `/schema/optimizer@_here_:
 sgd`), so a misspelt key or a value of the wrong type is refused while the config is composed,
-before any work starts. The schemas hold types only: every value lives in the YAML files.
+before any work starts. The schemas hold types only: every value lives in the YAML files, and the
+classes they build take every setting from there (their constructors have no defaults of their own).
 """
 
 import os

@@ -21,7 +21,7 @@ class RandomRotation:
     `interpolation` is "nearest" (torchvision's default) or "bilinear".
     """
 
-    def __init__(self, degrees: float, interpolation: str = "nearest") -> None:
+    def __init__(self, degrees: float, interpolation: str) -> None:
         _check_rotation(degrees, interpolation)
         self.degrees = degrees
         self.interpolation = interpolation
@@ -41,7 +41,7 @@ class RandomAffine:
     """
 
     def __init__(
-        self, degrees: float, translate: float, scale: Sequence[float], interpolation: str = "nearest"
+        self, degrees: float, translate: float, scale: Sequence[float], interpolation: str
     ) -> None:
         _check_rotation(degrees, interpolation)
         if not 0 <= translate < 1:

@@ -207,7 +207,7 @@ class MNISTData(ImageData):
     official_train_size = 60_000
     fixed_shape = (1, 28)
 
-    def __init__(self, dataset: str = "MNIST", **settings) -> None:
+    def __init__(self, dataset: str, **settings) -> None:
         if dataset not in MNIST_LIKE:
             raise UserError(f"data.dataset={dataset!r} is unknown; allowed: {', '.join(MNIST_LIKE)}")
         self.dataset = self.name = dataset
@@ -259,7 +259,7 @@ class CIFAR10Data(ImageData):
     official_train_size = 50_000
     fixed_shape = (3, 32)
 
-    def __init__(self, check_md5: bool = True, **settings) -> None:
+    def __init__(self, check_md5: bool, **settings) -> None:
         self.check_md5 = check_md5
         super().__init__(**settings)
 
@@ -315,7 +315,7 @@ class ImageFolderData(ImageData):
 
     name = "image folder"
 
-    def __init__(self, test_fraction: float = 0.2, **settings) -> None:
+    def __init__(self, test_fraction: float, **settings) -> None:
         self.test_fraction = test_fraction
         super().__init__(**settings)
         self.name = f"image folder {self.root}"

@@ -237,8 +237,8 @@ class Trainer:
         compile: bool | str,
         precision: str,
         threads: int | None,
-        label_smoothing: float = 0.0,
-        ema_decay: float | None = None,
+        label_smoothing: float,
+        ema_decay: float | None,
     ) -> None:
         if epochs <= 0:
             raise UserError(f"trainer.epochs={epochs} must be a positive integer")

@@ -43,11 +43,11 @@ class ConvNet(nn.Module):
         self,
         widths: Sequence[int],
         layout: Sequence[str],
-        dropout: float = 0.1,
-        head: str = "flatten",
-        in_channels: int = 1,
-        num_classes: int = 10,
-        image_size: int = 28,
+        dropout: float,
+        head: str,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
     ) -> None:
         super().__init__()
         widths, layout = list(widths), list(layout)

@@ -88,7 +88,8 @@ def param_entries(values: Mapping[str, Any]) -> list[Any]:
     for key, value in values.items():
         text = "null" if value is None else str(value)
         if len(text) > MAX_PARAM_LENGTH:
-            text = text[: MAX_PARAM_LENGTH - 20] + f"...({len(text)} chars)"
+            said = f"...({len(text)} chars)"
+            text = text[: MAX_PARAM_LENGTH - len(said)] + said
         entries.append(Param(key, text))
     return entries
 
@@ -116,6 +117,7 @@ def is_number(value: Any) -> bool:
 
 def write_id(path: Path, data: Mapping[str, Any]) -> None:
     """A small JSON file written whole (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(data, indent=2) + "\n")
     temporary.replace(path)

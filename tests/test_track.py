@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_dashboard import chromium  # noqa: F401 -- the headless-Chromium fixture, shared
 
 from cnnsweep.track import (
     Logger,
@@ -300,3 +301,69 @@ def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_not
         loggers.end("completed", SUMMARY)
     assert len(caplog.records) == 1 and "TensorBoardLogger: start failed" in caplog.records[0].getMessage()
     assert loggers.loggers == [] and list(loggers.failed) == ["TensorBoardLogger"]
+
+
+# ---------------------------------------------------------------- looked at as a user would
+
+
+@pytest.mark.slow  # an MLflow server (about 20 s to start) and a real headless browser
+def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):  # noqa: F811 -- the imported fixture
+    """`mlflow server` over a store holding a 2-trial sweep; headless Chromium opens its compare page of the
+    two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+    from postgres import free_port
+    from test_dashboard import RENDER, browse, page_text, program
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowSweepTracker(tracking_uri=uri, experiment="sweep")
+    tracker.start(tmp_path / "lr", "lr", ["maximize"], ["val_acc"])
+    for number, lr, value in ((0, 0.05, 0.9), (1, 0.2, 0.95)):
+        job = MLflowLogger(tracking_uri=uri)
+        job.start(
+            run_info(
+                tmp_path / "lr" / str(number), sweep=SweepInfo(tmp_path / "lr", "lr", number, {"optimizer.lr": lr})
+            )
+        )
+        for epoch in (1, 2, 3):
+            job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": value - (3 - epoch) / 20})
+        job.end("completed", SUMMARY | {"objectives": {"val_acc": value}})
+        tracker.trial_ended(number, "COMPLETE", {"optimizer.lr": lr}, [value], tmp_path / "lr" / str(number))
+    tracker.end([{"number": 1, "values": [0.95], "params": {"optimizer.lr": 0.2}}])
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sweep").experiment_id
+    children = client.search_runs([experiment], filter_string="tags.`cnnsweep.state` = 'COMPLETE'")
+
+    port = free_port()
+    command = [program("mlflow") or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.read() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(1)
+        runs = urllib.parse.quote(json.dumps([run.info.run_id for run in children]))
+        page = f"{url}/#/compare-runs?runs={runs}&experiments=" + urllib.parse.quote(json.dumps([experiment]))
+        dom = browse(chromium, *RENDER, "--dump-dom", page).stdout
+        text = page_text(dom)
+        assert "Comparing 2 Runs from 1 Experiment" in text, text[:1000]
+        assert "trial 0" in text and "trial 1" in text and "optimizer.lr" in text
+        assert "js-plotly-plot" in dom  # the parallel-coordinates chart of params and metrics
+        screenshot = REPO / "docs" / "mlflow_sweep.png"
+        browse(chromium, *RENDER, f"--screenshot={screenshot}", page)
+        assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -127,6 +127,10 @@ def read_id(path: Path) -> str | None:
     return json.loads(path.read_text())["run_id"] if path.is_file() else None
 
 
+def trial_name(number: int) -> str:
+    return f"trial {number}"
+
+
 def summary_figures(summary: Mapping[str, Any]) -> dict[str, float]:
     """The summary's numbers: its top-level figures and each objective as `objective.<name>`."""
     figures = {key: value for key, value in summary.items() if is_number(value)}
@@ -167,7 +171,8 @@ class MLflowLogger(Logger):
             experiment = self.client.get_run(parent).info.experiment_id
         else:
             experiment = experiment_id(self.client, self.experiment)
-        created = self.client.create_run(experiment, run_name=run.name, tags=tags)
+        name = run.name if run.sweep is None else trial_name(run.sweep.trial_number)  # the same from either side
+        created = self.client.create_run(experiment, run_name=name, tags=tags)
         self.run_id = created.info.run_id
         write_id(id_file, {"run_id": self.run_id, "experiment_id": experiment, "tracking_uri": self.shown_uri})
         log_params(self.client, self.run_id, flatten(run.config) | {"n_params": run.n_params})
@@ -250,7 +255,7 @@ class MLflowSweepTracker:
         if child is None:
             tags = {PARENT_TAG: self.parent_id, TRIAL_TAG: str(number), STUDY_TAG: self.study_name}
             experiment = self.client.get_run(self.parent_id).info.experiment_id
-            child = self.client.create_run(experiment, run_name=f"trial {number}", tags=tags).info.run_id
+            child = self.client.create_run(experiment, run_name=trial_name(number), tags=tags).info.run_id
             log_params(self.client, child, dict(params))
         if values:
             log_metrics(self.client, child, self.objective_values(values))

@@ -1,0 +1,369 @@
+"""Experiment trackers (cnnsweep.track): what TensorBoard's own reader and MLflow's own client read back
+after a run, a resumed run and a sweep; a tracker that cannot be reached; the logger config group."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_dashboard import chromium  # noqa: F401 -- the headless-Chromium fixture, shared
+
+from cnnsweep.track import (
+    Logger,
+    Loggers,
+    MLflowLogger,
+    MLflowSweepTracker,
+    RunInfo,
+    SweepInfo,
+    TensorBoardLogger,
+    build_loggers,
+    flatten,
+    mask_password,
+)
+from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE
+
+from conftest import REPO
+
+CONFIG = {
+    "seed": 1,
+    "objective": "val_acc",
+    "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9},
+    "trainer": {"epochs": 3, "milestones": [2, 3]},
+    "note": "x" * 7000,  # longer than an MLflow param value may be
+}
+SUMMARY = {
+    "status": "completed", "n_params": 18970, "epochs_run": 3, "objective": "val_acc", "objective_value": 0.9,
+    "objectives": {"val_acc": 0.9}, "final_val_acc": 0.9, "best_val_acc": 0.91, "wall_time_s": 12.5,
+    "versions": {"torch": "2"},
+}  # fmt: skip
+
+
+def epoch_metrics(epoch: int) -> dict[str, float]:
+    return {"epoch": epoch, "lr": 0.05, "train_loss": 1.0 / epoch, "val_acc": 0.8 + epoch / 100, "images_per_s": 900.0}
+
+
+def write_run_files(run_dir: Path) -> None:
+    """What a finished run leaves in its folder, as far as the trackers upload it."""
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
+    (run_dir / "metrics.csv").write_text("epoch,val_acc\n1,0.81\n")
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"checkpoint")
+
+
+def run_info(run_dir: Path, resumed: bool = False, sweep: SweepInfo | None = None) -> RunInfo:
+    config = CONFIG
+    if sweep is not None:  # a trial's config holds its swept values
+        config = OmegaConf.to_container(OmegaConf.merge(CONFIG, OmegaConf.from_dotlist(
+            [f"{key}={value}" for key, value in sweep.params.items()])))  # fmt: skip
+    return RunInfo(run_dir=run_dir, config=config, n_params=18970, name=run_dir.name, resumed=resumed, sweep=sweep)
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite MLflow store for the module: making one (its schema migrations) takes seconds."""
+    pytest.importorskip("mlflow")
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def test_mask_password_hides_only_the_password():
+    assert mask_password("http://me:s3cret@host:5000/path") == "http://me:***@host:5000/path"
+    assert mask_password("postgresql://u:p@ss@db/x and https://a:b@c") == "postgresql://u:***@db/x and https://a:***@c"
+    assert mask_password("sqlite:///outputs/mlflow.db") == "sqlite:///outputs/mlflow.db"
+    assert mask_password("http://host:5000") == "http://host:5000"  # a port is no password
+
+
+def test_flatten_dots_nested_keys_and_keeps_lists_whole():
+    assert flatten(CONFIG)["optimizer.lr"] == 0.05
+    assert flatten(CONFIG)["trainer.milestones"] == [2, 3]
+    assert flatten({"a": {}, "b": None}) == {"a": {}, "b": None}
+
+
+# ---------------------------------------------------------------- the logger group
+
+
+@pytest.fixture
+def logger_conf(tmp_path: Path) -> Path:
+    """The real conf/logger group under a primary config whose defaults list holds `logger: none`, as
+    train.yaml's will."""
+    shutil.copytree(REPO / "conf" / "logger", tmp_path / "logger")
+    (tmp_path / "main.yaml").write_text("defaults:\n  - logger: none\n  - _self_\nseed: 1\n")
+    (tmp_path / "logger" / "mine.yaml").write_text("mine:\n  _target_: test_track.CountingLogger\n  label: hi\n")
+    return tmp_path
+
+
+class CountingLogger(Logger):
+    """A user's own logger, built by `_target_` from its own config option."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.calls = label, []
+
+    def log_epoch(self, epoch, metrics):
+        self.calls.append(epoch)
+
+
+def compose_logger(config_dir: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir)):
+        return compose("main", overrides=overrides).logger
+
+
+@pytest.mark.parametrize(
+    ("overrides", "made"),
+    [
+        ([], []),
+        (["logger=tensorboard"], [TensorBoardLogger]),
+        (["logger=[tensorboard,mlflow]"], [TensorBoardLogger, MLflowLogger]),
+        (["logger=[mlflow,mine]", "logger.mlflow.experiment=x"], [MLflowLogger, CountingLogger]),
+        (["logger=[tensorboard,mlflow]", "logger.mlflow=null"], [TensorBoardLogger]),
+    ],
+)
+def test_the_logger_group_builds_each_chosen_logger(logger_conf, overrides, made):
+    loggers = build_loggers(compose_logger(logger_conf, overrides))
+    assert [type(logger) for logger in loggers.loggers] == made
+    if MLflowLogger in made and "logger.mlflow.experiment=x" in overrides:
+        assert loggers.loggers[0].experiment == "x" and loggers.loggers[1].label == "hi"
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def read_events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+
+
+def test_tensorboard_writes_scalars_per_epoch_and_a_trials_hparams_session(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    run_dir = tmp_path / "multirun" / "lr" / "3"
+    sweep = SweepInfo(tmp_path / "multirun" / "lr", "lr", 3, {"optimizer.lr": 0.05, "model": "tiny"})
+    logger = TensorBoardLogger()
+    logger.start(run_info(run_dir, sweep=sweep))
+    for epoch in (1, 2, 3):
+        logger.log_epoch(epoch, epoch_metrics(epoch))
+    logger.end("completed", SUMMARY)
+
+    events = read_events(run_dir / "tensorboard")
+    assert {"train/loss", "val/acc", "lr", "images_per_s", "objective/val_acc"} <= set(events.Tags()["scalars"])
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("val/acc")] == [(1, 0.81), (2, 0.82), (3, 0.83)]
+    assert [(e.step, e.value) for e in events.Scalars("objective/val_acc")] == [(3, pytest.approx(0.9))]
+    plugin = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(plugin[metadata.EXPERIMENT_TAG])
+    assert sorted(info.name for info in experiment.hparam_infos) == ["model", "optimizer.lr"]
+    assert [info.name.tag for info in experiment.metric_infos] == ["objective/val_acc"]
+    start = metadata.parse_session_start_info_plugin_data(plugin[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["optimizer.lr"].number_value == 0.05 and start.hparams["model"].string_value == "tiny"
+    end = metadata.parse_session_end_info_plugin_data(plugin[metadata.SESSION_END_INFO_TAG])
+    assert end.status == 1  # STATUS_SUCCESS
+
+
+def test_a_resumed_tensorboard_run_shows_each_epoch_once(tmp_path):
+    first = TensorBoardLogger()
+    first.start(run_info(tmp_path))
+    for epoch in (1, 2):
+        first.log_epoch(epoch, epoch_metrics(epoch))
+    first.writer.close()  # killed: no end()
+    again = TensorBoardLogger()
+    again.start(run_info(tmp_path, resumed=True))
+    for epoch in (1, 2, 3):  # the restored epochs replayed, then the new one
+        again.log_epoch(epoch, epoch_metrics(epoch))
+    again.end("completed", SUMMARY)
+    assert [e.step for e in read_events(tmp_path / "tensorboard").Scalars("train/loss")] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def test_mlflow_records_params_metrics_artifacts_and_status(tmp_path, tracking_uri, client):
+    write_run_files(tmp_path)
+    logger = MLflowLogger(tracking_uri=tracking_uri, experiment="single")
+    logger.start(run_info(tmp_path))
+    for epoch in (1, 2, 3):
+        logger.log_epoch(epoch, epoch_metrics(epoch))
+    logger.end("completed", SUMMARY)
+
+    run = client.get_run(json.loads((tmp_path / RUN_ID_FILE).read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["cnnsweep.status"] == "completed"
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.05" and params["trainer.milestones"] == "[2, 3]"
+    assert params["n_params"] == "18970" and len(params["note"]) == 6000 and params["note"].endswith("(7000 chars)")
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, round(m.value, 4)) for m in history] == [(1, 0.81), (2, 0.82), (3, 0.83)]
+    assert run.data.metrics["summary.objective.val_acc"] == 0.9 and run.data.metrics["summary.wall_time_s"] == 12.5
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert uploaded == {"summary.json", "metrics.csv", "best.pt"}
+
+
+def test_a_resumed_mlflow_run_continues_the_same_run_with_each_epoch_once(tmp_path, tracking_uri, client):
+    first = MLflowLogger(tracking_uri=tracking_uri, experiment="resume")
+    first.start(run_info(tmp_path))
+    for epoch in (1, 2):
+        first.log_epoch(epoch, epoch_metrics(epoch))
+    # killed here: no end(); the run is still RUNNING in MLflow
+    again = MLflowLogger(tracking_uri=tracking_uri, experiment="resume")
+    again.start(run_info(tmp_path, resumed=True))
+    for epoch in (1, 2, 3):  # restored epochs replayed (skipped: already held), then the new one
+        again.log_epoch(epoch, epoch_metrics(epoch))
+    again.end("completed", SUMMARY)
+
+    assert again.run_id == first.run_id
+    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2, 3]
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(first.run_id, "FINISHED")]
+
+
+def make_sweep(sweep_dir: Path, tracking_uri: str, experiment: str) -> MLflowSweepTracker:
+    """A 4-trial sweep: 0 and 1 ran to the end, 2 never ran (over budget: PRUNED), 3 failed in its job."""
+    tracker = MLflowSweepTracker(tracking_uri=tracking_uri, experiment=experiment)
+    tracker.start(sweep_dir, "lr", ["maximize"], ["val_acc"])
+    ran = {0: ({"optimizer.lr": 0.05}, 0.9, "completed"), 1: ({"optimizer.lr": 0.2}, 0.95, "completed"),
+           3: ({"optimizer.lr": 9.0}, None, "failed")}  # fmt: skip
+    for number, (params, value, status) in ran.items():
+        job = MLflowLogger(tracking_uri=tracking_uri, experiment="ignored: a child goes to its parent's")
+        job.start(run_info(sweep_dir / str(number), sweep=SweepInfo(sweep_dir, "lr", number, params)))
+        for epoch in (1, 2):
+            job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": (value or 0.1) - (2 - epoch) / 10})
+        job.end(status, SUMMARY | {"objectives": {"val_acc": value}, "status": status})
+        state = "COMPLETE" if value is not None else "FAIL"
+        tracker.trial_ended(number, state, params, [value] if value is not None else None, sweep_dir / str(number))
+    tracker.trial_ended(2, "PRUNED", {"optimizer.lr": 0.01, "model.width": 512}, None, sweep_dir / "2")
+    tracker.end([{"number": 1, "values": [0.95], "params": {"optimizer.lr": 0.2}}])
+    return tracker
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_and_its_best(tmp_path, tracking_uri, client):
+    tracker = make_sweep(tmp_path / "lr", tracking_uri, "sweep")
+    parent = client.get_run(tracker.parent_id)
+    assert json.loads((tmp_path / "lr" / PARENT_FILE).read_text())["run_id"] == tracker.parent_id
+    experiment = client.get_experiment_by_name("sweep").experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.parent_id}'")
+    found = {int(r.data.tags["cnnsweep.trial"]): (r.data.tags["cnnsweep.state"], r.info.status) for r in children}
+    assert found == {0: ("COMPLETE", "FINISHED"), 1: ("COMPLETE", "FINISHED"), 2: ("PRUNED", "KILLED"),
+                     3: ("FAIL", "FAILED")}  # fmt: skip
+    never_ran = next(r for r in children if r.data.tags["cnnsweep.trial"] == "2")
+    assert never_ran.data.params == {"optimizer.lr": "0.01", "model.width": "512"}
+    best = next(r for r in children if r.data.tags["cnnsweep.trial"] == "1")
+    assert best.data.metrics["objective.val_acc"] == 0.95 and best.data.params["optimizer.lr"] == "0.2"
+    assert parent.info.status == "FINISHED" and parent.data.params["objective.0"] == "val_acc (maximize)"
+    assert parent.data.metrics["best.trial"] == 1 and parent.data.metrics["best.val_acc"] == 0.95
+    assert parent.data.tags["best.optimizer.lr"] == "0.2"
+    front = json.loads(
+        Path(client.download_artifacts(tracker.parent_id, "best_trials.json", str(tmp_path))).read_text()
+    )
+    assert front == {"best_trials": [{"number": 1, "values": {"val_acc": 0.95}, "params": {"optimizer.lr": 0.2}}]}
+
+
+# ---------------------------------------------------------------- trackers that fail
+
+
+def test_an_unreachable_server_is_one_warning_and_no_password(tmp_path, caplog, capsys, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # unset, and unset again afterwards
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    counting = CountingLogger("kept")
+    loggers = Loggers([MLflowLogger(tracking_uri="http://me:s3cret@127.0.0.1:9"), counting])
+    with caplog.at_level(logging.WARNING):
+        loggers.start(run_info(tmp_path))
+        for epoch in (1, 2):
+            loggers.log_epoch(epoch, epoch_metrics(epoch))
+        loggers.end("completed", SUMMARY)
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "cnnsweep.track.logger"
+    ]
+    assert len(warnings) == 1 and warnings[0].startswith("MLflowLogger: start failed ("), warnings
+    assert counting.calls == [1, 2]  # the other logger went on
+    said = caplog.text + "".join(capsys.readouterr())
+    assert "s3cret" not in said
+    assert not (tmp_path / RUN_ID_FILE).exists()
+
+
+def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_nothing(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    loggers = Loggers([TensorBoardLogger(log_dir=str(tmp_path / "file" / "events"))])
+    with caplog.at_level(logging.WARNING):
+        loggers.start(run_info(tmp_path))
+        loggers.log_epoch(1, epoch_metrics(1))
+        loggers.end("completed", SUMMARY)
+    assert len(caplog.records) == 1 and "TensorBoardLogger: start failed" in caplog.records[0].getMessage()
+    assert loggers.loggers == [] and list(loggers.failed) == ["TensorBoardLogger"]
+
+
+# ---------------------------------------------------------------- looked at as a user would
+
+
+@pytest.mark.slow  # an MLflow server (about 20 s to start) and a real headless browser
+def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):  # noqa: F811 -- the imported fixture
+    """`mlflow server` over a store holding a 2-trial sweep; headless Chromium opens its compare page of the
+    two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+    from postgres import free_port
+    from test_dashboard import RENDER, browse, page_text, program
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowSweepTracker(tracking_uri=uri, experiment="sweep")
+    tracker.start(tmp_path / "lr", "lr", ["maximize"], ["val_acc"])
+    for number, lr, value in ((0, 0.05, 0.9), (1, 0.2, 0.95)):
+        job = MLflowLogger(tracking_uri=uri)
+        job.start(
+            run_info(
+                tmp_path / "lr" / str(number), sweep=SweepInfo(tmp_path / "lr", "lr", number, {"optimizer.lr": lr})
+            )
+        )
+        for epoch in (1, 2, 3):
+            job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": value - (3 - epoch) / 20})
+        job.end("completed", SUMMARY | {"objectives": {"val_acc": value}})
+        tracker.trial_ended(number, "COMPLETE", {"optimizer.lr": lr}, [value], tmp_path / "lr" / str(number))
+    tracker.end([{"number": 1, "values": [0.95], "params": {"optimizer.lr": 0.2}}])
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sweep").experiment_id
+    children = client.search_runs([experiment], filter_string="tags.`cnnsweep.state` = 'COMPLETE'")
+
+    port = free_port()
+    command = [program("mlflow") or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.read() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(1)
+        runs = urllib.parse.quote(json.dumps([run.info.run_id for run in children]))
+        page = f"{url}/#/compare-runs?runs={runs}&experiments=" + urllib.parse.quote(json.dumps([experiment]))
+        dom = browse(chromium, *RENDER, "--dump-dom", page).stdout
+        text = page_text(dom)
+        assert "Comparing 2 Runs from 1 Experiment" in text, text[:1000]
+        assert "trial 0" in text and "trial 1" in text and "optimizer.lr" in text
+        assert "js-plotly-plot" in dom  # the parallel-coordinates chart of params and metrics
+        screenshot = REPO / "docs" / "mlflow_sweep.png"
+        browse(chromium, *RENDER, f"--screenshot={screenshot}", page)
+        assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -42,12 +42,12 @@ def main(cfg: DictConfig) -> float:
             return train(resumed_run(cfg.resume, hydra_cfg.overrides.task), run_dir, resume=True, options=options)
         check_config(cfg)  # unset (???) or unresolvable values, in one line (a sweep's job, a --config-dir run)
         # In a cnnsweep Optuna sweep the job reports to its trial each epoch, so it can be pruned.
-        reporter = None
+        reporter, place = None, None
         if sweeping:
-            from cnnsweep.sweep.trial import connect_trial  # imports optuna: 2.5 s a plain run need not wait for
+            from cnnsweep.sweep.trial import connect_trial, trial_place  # optuna: 2.5 s a plain run need not wait
 
-            reporter = connect_trial(hydra_cfg)
-        return train(cfg, run_dir, reporter, options=options)
+            reporter, place = connect_trial(hydra_cfg), trial_place(hydra_cfg)
+        return train(cfg, run_dir, reporter, options=options, place=place)
     except (UserError, Interrupted, Diverged) as error:
         if sweeping:
             raise  # the sweeper records the trial as failed (or interrupted) with this message

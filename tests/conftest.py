@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from browser import chromium_command
 from helpers import REPO, synthetic_digits, write_cifar10, write_idx, write_image_folder
 
 # Test files run two at a time on our 2-core machines (pyproject.toml): a test that trains in its own
@@ -77,3 +78,12 @@ def real_mnist() -> Path:
 def real_fashion_mnist() -> Path:
     """The folder holding the real FashionMNIST/raw files; the test is skipped where there is none."""
     return real_data("FashionMNIST", "Fashion-MNIST")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> list[str]:
+    """The command line that starts headless Chromium; the test is skipped, saying why, where none starts."""
+    command, why_not = chromium_command()
+    if command is None:
+        pytest.skip(why_not)
+    return command

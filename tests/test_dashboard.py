@@ -4,19 +4,16 @@ served by the one command README gives."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from html.parser import HTMLParser
 from pathlib import Path
 
 import optuna
 import pytest
 
+from browser import PNG_SIGNATURE, RENDER, browse, page_text, program
 from helpers import train_py
 from postgres import free_port
 
@@ -25,43 +22,6 @@ pytestmark = pytest.mark.slow  # a served sweep in a real headless browser
 STUDY = "dash"
 # What README's command names, from the folder the sweep ran in: the SQLite URL, or the journal file's path
 SERVED = {"sqlite": f"sqlite:///multirun/{STUDY}/optuna.db", "journal": f"multirun/{STUDY}/study.log"}
-# Headless as root on a machine without a display, a GPU or a network.
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-# Virtual time runs as fast as the page allows: the dashboard's script loads and fetches the study in it.
-RENDER = ["--window-size=1280,900", "--virtual-time-budget=10000"]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def program(name: str) -> str | None:
-    """`name` beside this Python (its virtual environment's scripts), else on PATH."""
-    beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.is_file() else shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> list[str]:
-    """The command line that starts headless Chromium; the test is skipped, saying why, where none starts."""
-    binary = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
-    if not binary:
-        pytest.skip("no Chromium here (looked for chromium on PATH and /usr/bin/chromium): apt-get install chromium")
-    command = [binary, *CHROMIUM_FLAGS]
-    try:
-        probe = browse(command, "--dump-dom", "about:blank")
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"Chromium at {binary} could not be started: {error}")
-    if "<html" not in probe.stdout:
-        pytest.skip(f"Chromium at {binary} could not be started: {probe.stderr.strip()[-300:]}")
-    return command
-
-
-def browse(chromium: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    """One headless Chromium run with a new empty profile."""
-    with tempfile.TemporaryDirectory(prefix="cnnsweep-chromium-") as profile:
-        command = [*chromium, f"--user-data-dir={profile}", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -135,31 +95,6 @@ def dashboard(request, dashboard_program: str, finished_sweep: Path, tmp_path: P
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-class PageText(HTMLParser):
-    """The text a page shows: its elements' text, without scripts and styles, in one spaced line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.words: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        self.hidden += tag in ("script", "style")
-
-    def handle_endtag(self, tag: str) -> None:
-        self.hidden -= tag in ("script", "style")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.words.extend(data.split())
-
-
-def page_text(dom: str) -> str:
-    parser = PageText()
-    parser.feed(dom)
-    return " ".join(parser.words)
 
 
 def test_the_dashboard_shows_a_finished_sweeps_study_and_its_trials(chromium, dashboard, tmp_path):

@@ -1,4 +1,4 @@
-"""The package's layout: the data flows one way (train <- sweep, tools), and the old module names still work."""
+"""The package's layout: data flows one way (track <- train <- sweep <- tools); the old module names still work."""
 
 import ast
 import importlib
@@ -16,15 +16,16 @@ PACKAGE = Path(cnnsweep.__file__).parent
 # What each part may import of cnnsweep: the shared top-level modules, and the parts below it.
 ALLOWED = {
     "shared": {"shared"},
-    "train": {"shared", "train"},
-    "sweep": {"shared", "train", "sweep"},
-    "tools": {"shared", "train", "sweep", "tools"},
+    "train": {"shared", "track", "train"},
+    "track": {"shared", "track"},
+    "sweep": {"shared", "train", "track", "sweep"},
+    "tools": {"shared", "train", "track", "sweep", "tools"},
 }
 
 
 def part_of(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 and parts[1] in ALLOWED else "shared"
+    return parts[1] if len(parts) > 1 and parts[1] in ALLOWED else "shared"
 
 
 def cnnsweep_imports(path: Path) -> set[str]:

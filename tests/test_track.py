@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_dashboard import chromium  # noqa: F401 -- the headless-Chromium fixture, shared
 
 from cnnsweep.track import (
     Logger,
@@ -27,7 +26,7 @@ from cnnsweep.track import (
 )
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE
 
-from conftest import REPO
+from helpers import REPO
 
 CONFIG = {
     "seed": 1,
@@ -307,7 +306,7 @@ def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_not
 
 
 @pytest.mark.slow  # an MLflow server (about 20 s to start) and a real headless browser
-def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):  # noqa: F811 -- the imported fixture
+def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):
     """`mlflow server` over a store holding a 2-trial sweep; headless Chromium opens its compare page of the
     two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
     import subprocess
@@ -316,8 +315,9 @@ def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):  # 
     import urllib.request
 
     from mlflow.tracking import MlflowClient
+
+    from browser import RENDER, browse, page_text, program
     from postgres import free_port
-    from test_dashboard import RENDER, browse, page_text, program
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MLflowSweepTracker(tracking_uri=uri, experiment="sweep")

@@ -185,6 +185,7 @@ class TrainSchema:
     objective: Any = MISSING  # one name, or a list of names for a multi-objective sweep
     budget: BudgetSchema = MISSING
     resume: Optional[str] = MISSING
+    logger: Any = None  # {name: a logger's _target_ node, ...} from the logger group's options (empty: none)
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {

@@ -92,14 +92,17 @@ def write_sweep_results(
     objectives: Sequence[str],
     directions: Sequence[str],
     header: dict[str, Any],
-) -> None:
-    """Write trials.csv and optimization_results.yaml from the study's trials, and log the best so far."""
+) -> list[dict[str, Any]]:
+    """Write trials.csv and optimization_results.yaml from the study's trials, and log the best so far;
+    returns the best trial's row (none yet: no row), or the Pareto front's rows."""
     rows, overrides = study_rows(trials, objectives)
     best = write_results(sweep_dir, rows, overrides, objectives, directions, header)
     if isinstance(best, list):
         log.info(f"Pareto front so far: trials {[row['number'] for row in best]}")
-    elif best is not None:
+        return best
+    if best is not None:
         log.info(f"best so far: trial {best['number']}, value {best['value']}")
+    return [best] if best is not None else []
 
 
 def ending_line(error: BaseException, sweep_dir: Path | None, storage: str) -> tuple[str, int] | None:

@@ -59,10 +59,11 @@ from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.endings import FailurePolicy, ending_line, write_sweep_results
 from cnnsweep.sweep.outcomes import JobLost, job_outcome, tell
-from cnnsweep.sweep.results import sweep_objectives
+from cnnsweep.sweep.results import row_params, row_values, sweep_objectives
 from cnnsweep.sweep.samplers import GridSearch, check_objectives, configure_trial, search_space
 from cnnsweep.sweep.storage import DATABASE_ERRORS, password_of, shown_url
 from cnnsweep.sweep.study import Lanes, heartbeats, open_storage, retry_later
+from cnnsweep.track import build_loggers
 from cnnsweep.train.signals import Interrupted, stop_requests
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class StudySweeper:
         self.study_id = open_study(
             self.rdb, self.storage, self.study_name, self.sampler, self.pruner, self.objectives, self.directions
         )
+        self.trackers = build_loggers(self.config.get("logger")).sweep_trackers()  # MLflow's parent run
+        self.trackers.start(self.sweep_dir, self.study_name, self.directions, self.objectives)
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
         self.policy = FailurePolicy(self.max_failure_rate, self.n_trials)
         self.claims = TrialClaims(
@@ -137,8 +140,11 @@ class StudySweeper:
         # submitit) run each lane's trial elsewhere, so a new trial starts as soon as any one ends.
         with stop_requests() as self.stop_signal:  # Ctrl-C / SIGTERM: finish the trials in flight, start no more
             run_lanes(self._lane, 1 if self.in_process else self.n_jobs)
+        # Without the database, the files written after the last finished trial stand.
         if not any(isinstance(error, DATABASE_ERRORS) for error in self.policy.errors):
-            self._write_results()  # (without the database, the files written after the last finished trial stand)
+            best = self._write_results()
+            self.trackers.end([{"number": row["number"], "values": row_values(row, self.objectives),
+                                "params": row_params(row)} for row in best])  # fmt: skip
         if self.policy.errors:
             raise self.policy.errors[0]
         self.stop_signal.check()
@@ -204,10 +210,13 @@ class StudySweeper:
             params = self.rdb.get_trial(trial_id).params  # (study.trials would copy every trial of the study)
             self.policy.trial_failed(number, outcome.error, params)
 
-    def _write_results(self) -> None:
+    def _write_results(self) -> list[dict[str, Any]]:
+        """trials.csv and optimization_results.yaml, and the trials' ends to the trackers; the best rows."""
         header = {"name": "optuna", "study_name": self.study_name, "storage": shown_url(self.storage)}
         trials = self.rdb.get_all_trials(self.study_id)
-        write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header)
+        best = write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header)
+        self.trackers.trials_ended(trials)
+        return best
 
     @property
     def seed(self) -> int | None:

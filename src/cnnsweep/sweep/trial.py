@@ -11,6 +11,7 @@ database that is briefly unreachable (cnnsweep.sweep.storage) before it gives up
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
 from cnnsweep.sweep.study import open_storage
+from cnnsweep.track import SweepInfo
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,10 @@ class TrialReporter:
 
 def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
     """The reporter for this job's trial, or None when the job is not a cnnsweep Optuna trial."""
-    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import PRUNER_TARGETS, TARGET
+    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import PRUNER_TARGETS
 
-    sweeper: Any = hydra_cfg.get("sweeper")
-    if sweeper is None or sweeper.get("_target_") != TARGET:
+    sweeper = cnnsweep_sweeper(hydra_cfg)
+    if sweeper is None:
         return None
     number = int(hydra_cfg.job.num)
     storage = open_storage(sweeper.storage)
@@ -58,3 +60,24 @@ def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     log.info(f"reporting to trial {number} of study {sweeper.study_name!r}")
     return TrialReporter(optuna.trial.Trial(study, trial_id))
+
+
+def cnnsweep_sweeper(hydra_cfg: DictConfig) -> Any:
+    """The job's `hydra.sweeper` node when the job is a trial of cnnsweep's sweeper, else None."""
+    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
+
+    sweeper: Any = hydra_cfg.get("sweeper")
+    return sweeper if sweeper is not None and sweeper.get("_target_") == TARGET else None
+
+
+def trial_place(hydra_cfg: DictConfig) -> SweepInfo | None:
+    """Where this job's run belongs, for the experiment trackers: its sweep folder, study, trial number
+    and the values the sampler drew for it; None when the job is not a cnnsweep Optuna trial."""
+    sweeper = cnnsweep_sweeper(hydra_cfg)
+    if sweeper is None:
+        return None
+    number = int(hydra_cfg.job.num)
+    storage = open_storage(sweeper.storage)
+    study_id = storage.get_study_id_from_name(sweeper.study_name)
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    return SweepInfo(Path(hydra_cfg.sweep.dir), sweeper.study_name, number, dict(trial.params))

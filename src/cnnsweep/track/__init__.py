@@ -14,7 +14,16 @@ This package reads nothing from the rest of cnnsweep but `cnnsweep.errors`; tens
 optional extras, imported only when their logger is made.
 """
 
-from cnnsweep.track.logger import Logger, Loggers, RunInfo, SweepInfo, build_loggers, flatten, mask_password
+from cnnsweep.track.logger import (
+    Logger,
+    Loggers,
+    RunInfo,
+    SweepInfo,
+    SweepTrackers,
+    build_loggers,
+    flatten,
+    mask_password,
+)
 from cnnsweep.track.mlflow import MLflowLogger, MLflowSweepTracker, default_tracking_uri
 from cnnsweep.track.tensorboard import TensorBoardLogger
 
@@ -25,6 +34,7 @@ __all__ = [
     "MLflowSweepTracker",
     "RunInfo",
     "SweepInfo",
+    "SweepTrackers",
     "TensorBoardLogger",
     "build_loggers",
     "default_tracking_uri",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.errors import UserError, make
+from cnnsweep.errors import UserError, first_line, make
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class RunInfo:
 class Logger:
     """One experiment tracker. Every method does nothing here: a logger of your own overrides what it needs.
 
+    sweep_tracker: the tracker's side in the sweeper's process, for trackers that group a sweep's trials
+      (MLflow's parent run); None for those that need none (TensorBoard: each trial writes its own HParams).
+
     start: once, when the model is built and before the first epoch of this invocation.
     log_epoch: once per finished epoch, after that epoch's metrics.csv row and checkpoint are written; a
       resumed run replays the epochs it restored (a logger skips those it already holds).
@@ -81,14 +84,32 @@ class Logger:
     def end(self, status: str, summary: Mapping[str, Any]) -> None:
         pass
 
+    def sweep_tracker(self) -> Any | None:
+        return None
 
-class Loggers(Logger):
-    """Several loggers as one. The first exception a logger raises becomes one warning line, and that logger
-    gets no further calls in this run; the others, and the run, go on."""
 
-    def __init__(self, loggers: Iterable[Logger] = ()) -> None:
-        self.loggers = list(loggers)
-        self.failed: dict[str, str] = {}  # logger name -> the warning it caused
+class Guarded:
+    """Calls each of several trackers in turn. The first exception one raises becomes one warning line, and
+    that tracker gets no further calls; the others, and the run or sweep, go on."""
+
+    def __init__(self, trackers: Iterable[Any] = ()) -> None:
+        self.loggers = list(trackers)
+        self.failed: dict[str, str] = {}  # tracker name -> the warning it caused
+
+    def _each(self, method: str, *args: Any) -> None:
+        for logger in list(self.loggers):
+            try:
+                getattr(logger, method)(*args)
+            except Exception as error:  # noqa: BLE001 -- any tracker failure: warn once, keep training
+                self.loggers.remove(logger)
+                name = getattr(logger, "name", type(logger).__name__)
+                said = mask_password(f"{name}: {method} failed ({type(error).__name__}: {first_line(error)[:300]})")
+                self.failed[name] = said
+                log.warning(f"{said}; this tracker is off from here on, cnnsweep's own files are unaffected")
+
+
+class Loggers(Guarded, Logger):
+    """Several loggers as one (Guarded: a failing one is switched off with one warning line)."""
 
     def start(self, run: RunInfo) -> None:
         self._each("start", run)
@@ -99,16 +120,37 @@ class Loggers(Logger):
     def end(self, status: str, summary: Mapping[str, Any]) -> None:
         self._each("end", status, summary)
 
-    def _each(self, method: str, *args: Any) -> None:
-        for logger in list(self.loggers):
-            try:
-                getattr(logger, method)(*args)
-            except Exception as error:  # noqa: BLE001 -- any tracker failure: warn once, keep training
-                self.loggers.remove(logger)
-                first_line = (str(error).strip().splitlines() or [""])[0][:300]
-                said = mask_password(f"{logger.name}: {method} failed ({type(error).__name__}: {first_line})")
-                self.failed[logger.name] = said
-                log.warning(f"{said}; this tracker is off for the rest of the run, its own files are unaffected")
+    def sweep_trackers(self) -> SweepTrackers:
+        """The sweeper's side of these loggers (those that have one)."""
+        return SweepTrackers(found for logger in self.loggers if (found := logger.sweep_tracker()) is not None)
+
+
+class SweepTrackers(Guarded):
+    """The sweeper's side of a sweep's trackers: told when the sweep starts, when each trial ends (also
+    trials that never ran: over budget, failed before their job) and the best trials at the end.
+
+    Each tracker object has start(sweep_dir, study_name, directions, metric_names), trial_ended(number,
+    state, params, values, run_dir) and end(best_trials) (see cnnsweep.track.mlflow.MLflowSweepTracker).
+    """
+
+    def __init__(self, trackers: Iterable[Any] = ()) -> None:
+        super().__init__(trackers)
+        self.told: set[int] = set()  # trials whose end this process has passed on
+
+    def start(self, sweep_dir: Path, study_name: str, directions: list[str], metric_names: list[str]) -> None:
+        self._each("start", sweep_dir, study_name, directions, metric_names)
+
+    def trials_ended(self, trials: Iterable[Any]) -> None:
+        """Pass on the end of each finished trial (Optuna FrozenTrials) not passed on before."""
+        for trial in trials:
+            if self.loggers and trial.state.is_finished() and trial.number not in self.told:
+                run_dir = trial.user_attrs.get("run_dir")
+                values = trial.values if trial.values else None
+                self._each("trial_ended", trial.number, trial.state, trial.params, values, run_dir and Path(run_dir))
+                self.told.add(trial.number)
+
+    def end(self, best_trials: list[Mapping[str, Any]]) -> None:
+        self._each("end", best_trials)
 
 
 def build_loggers(config: Mapping[str, Any] | None) -> Loggers:

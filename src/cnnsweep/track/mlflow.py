@@ -200,6 +200,10 @@ class MLflowLogger(Logger):
         self.client.set_tag(self.run_id, STATUS_TAG, status)
         self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "FAILED"))
 
+    def sweep_tracker(self) -> MLflowSweepTracker:
+        """The sweep's parent run and its children, in the same store and experiment."""
+        return MLflowSweepTracker(self.tracking_uri, self.experiment)
+
     def _artifacts(self) -> Iterable[Path]:
         candidates = [self.run_dir / "summary.json", self.run_dir / "metrics.csv"]
         if self.log_checkpoint:
@@ -252,6 +256,8 @@ class MLflowSweepTracker:
         name) and objective values; make the child if the trial's job made none. Returns the child's id."""
         state_name = getattr(state, "name", str(state))
         child = self._child_of(number, run_dir)
+        if child is not None and self.client.get_run(child).data.tags.get(STATE_TAG) == state_name:
+            return child  # told before (a continued sweep, another worker)
         if child is None:
             tags = {PARENT_TAG: self.parent_id, TRIAL_TAG: str(number), STUDY_TAG: self.study_name}
             experiment = self.client.get_run(self.parent_id).info.experiment_id

@@ -40,9 +40,7 @@ class RandomAffine:
     translate=0 and scale=[1, 1] it is RandomRotation.
     """
 
-    def __init__(
-        self, degrees: float, translate: float, scale: Sequence[float], interpolation: str
-    ) -> None:
+    def __init__(self, degrees: float, translate: float, scale: Sequence[float], interpolation: str) -> None:
         _check_rotation(degrees, interpolation)
         if not 0 <= translate < 1:
             raise UserError(f"augmentation.translate={translate} must lie in [0, 1) (a fraction of the image size)")

@@ -36,6 +36,7 @@ from cnnsweep.objectives import (
     resolve_objectives,
 )
 from cnnsweep.schema import ConfigOptions
+from cnnsweep.track import Loggers, RunInfo, SweepInfo, build_loggers
 from cnnsweep.train.compiling import CompileChoice, note_compiled
 from cnnsweep.train.data import ImageData, Splits, n_batches
 from cnnsweep.train.loop import Augmentation, Diverged, EpochRecord, Fit, Trainer
@@ -60,6 +61,7 @@ def train(
     reporter: Reporter | None = None,
     resume: bool = False,
     options: ConfigOptions | None = None,
+    place: SweepInfo | None = None,
 ) -> float | list[float]:
     """Train the configured model, write the run's artifacts into run_dir, return the objective
     (a list of values, one per objective, when `cfg.objective` names several).
@@ -69,6 +71,7 @@ def train(
     run ended (a RunStatus) whatever happens once the model is built. SIGINT/SIGTERM stop it after
     the current batch (Interrupted).
     options: where the model group's options are found, to name those that fit in a budget refusal.
+    place: the sweep trial this run is, for the experiment trackers (cfg.logger) that group trials.
     """
     clock = Clock()
     objectives = resolve_objectives(cfg.objective, cfg.data.val_size)
@@ -80,9 +83,11 @@ def train(
     )
     folder = RunFolder(run_dir)
     summary = new_summary(cfg, objectives, count_parameters(model), seed)
-    with record_outcome(folder, summary, clock), stop_requests() as stop:
+    loggers = build_loggers(cfg.get("logger"))
+    with record_outcome(folder, summary, clock, loggers), stop_requests() as stop:
         check_budget_offering(summary.n_params, cfg, options)
-        _fit(Run(cfg, model, objectives, folder, summary, clock), reporter, resume, stop)
+        run = Run(cfg, model, objectives, folder, summary, clock, loggers)
+        _fit(run, reporter, resume, stop, place)
     said = ", ".join(
         f"{name} = {value:.4f}" if isinstance(value, float) else f"{name} = {value:,}"
         for name, value in summary.objectives.items()
@@ -130,8 +135,9 @@ class Clock:
 
 
 @contextmanager
-def record_outcome(folder: RunFolder, summary: Summary, clock: Clock) -> Iterator[None]:
-    """Write summary.json with the run's final status, also when the run stops with an error."""
+def record_outcome(folder: RunFolder, summary: Summary, clock: Clock, loggers: Loggers) -> Iterator[None]:
+    """Write summary.json with the run's final status, also when the run stops with an error, and tell the
+    trackers how it ended (after the file, so that they can upload it)."""
     try:
         yield
     except BaseException as error:
@@ -146,6 +152,7 @@ def record_outcome(folder: RunFolder, summary: Summary, clock: Clock) -> Iterato
     finally:
         summary.wall_time_s = clock.elapsed()
         folder.write_summary(summary)
+        loggers.end(str(summary.status), summary.to_json())
 
 
 @dataclass
@@ -158,9 +165,10 @@ class Run:
     folder: RunFolder
     summary: Summary
     clock: Clock
+    loggers: Loggers  # the experiment trackers (cfg.logger); a failing one is switched off with one warning
 
 
-def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests) -> None:
+def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests, place: SweepInfo | None) -> None:
     """Build the run's parts, read its data, pick up a resumed run, choose precision and compiling, train."""
     cfg = run.cfg
     parts = build(cfg, run.model)
@@ -172,6 +180,7 @@ def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests) 
     )
     generator = torch.Generator(device=trainer.device).manual_seed(run.summary.seed)
     history = restore(run, parts, scheduler, generator) if resume else []
+    start_trackers(run, resume, place, history)
     first_epoch = len(history) + 1  # of this invocation
     precision = pin_precision(trainer, run.summary)
     if trainer.precision_choice.warning is not None:
@@ -185,6 +194,17 @@ def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests) 
         on_epoch_end=recorder, start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
     )  # fmt: skip
     trainer.fit(job)
+
+
+def start_trackers(run: Run, resume: bool, place: SweepInfo | None, history: list[EpochRecord]) -> None:
+    """Tell the trackers the run starts (a resumed one continues its tracker runs) and replay the epochs
+    restored from the checkpoint (each tracker skips those it already holds)."""
+    folder = run.folder.path
+    config = OmegaConf.to_container(run.cfg, resolve=True)
+    name = f"{folder.parent.name}/{folder.name}"
+    run.loggers.start(RunInfo(folder, config, run.summary.n_params, name, resumed=resume, sweep=place))
+    for record in history:
+        run.loggers.log_epoch(record["epoch"], record)
 
 
 def describe_machine(trainer: Trainer, summary: Summary, objectives: list[str]) -> None:
@@ -258,6 +278,7 @@ class EpochRecorder:
             run.folder.save_checkpoint(BEST_CHECKPOINT, state)
         run.folder.save_checkpoint(LAST_CHECKPOINT, state)
         run.folder.write_summary(summary)
+        run.loggers.log_epoch(record["epoch"], record)  # after its checkpoint: a resume never logs it twice
         if self.warm_graphs is not None and record["epoch"] == self.first_epoch:
             note_compiled(self.warm_graphs)  # the next run of these graphs starts warm
         if self.reporter is not None:  # the first objective: Optuna prunes single-objective trials only

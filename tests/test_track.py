@@ -26,7 +26,7 @@ from cnnsweep.track import (
 )
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE
 
-from helpers import REPO
+from helpers import REPO, tiny_overrides, train_py
 
 CONFIG = {
     "seed": 1,
@@ -305,10 +305,10 @@ def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_not
 # ---------------------------------------------------------------- looked at as a user would
 
 
-@pytest.mark.slow  # an MLflow server (about 20 s to start) and a real headless browser
-def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):
-    """`mlflow server` over a store holding a 2-trial sweep; headless Chromium opens its compare page of the
-    two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
+@pytest.mark.slow  # a real 2-trial sweep, an MLflow server (about 20 s to start) and a real headless browser
+def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tiny_mnist, tmp_path, chromium):
+    """`mlflow server` over the store a 2-trial sweep (`logger=mlflow`) wrote; headless Chromium opens its
+    compare page of the two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
     import subprocess
     import time
     import urllib.parse
@@ -320,23 +320,17 @@ def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tmp_path, chromium):
     from postgres import free_port
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = MLflowSweepTracker(tracking_uri=uri, experiment="sweep")
-    tracker.start(tmp_path / "lr", "lr", ["maximize"], ["val_acc"])
-    for number, lr, value in ((0, 0.05, 0.9), (1, 0.2, 0.95)):
-        job = MLflowLogger(tracking_uri=uri)
-        job.start(
-            run_info(
-                tmp_path / "lr" / str(number), sweep=SweepInfo(tmp_path / "lr", "lr", number, {"optimizer.lr": lr})
-            )
-        )
-        for epoch in (1, 2, 3):
-            job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": value - (3 - epoch) / 20})
-        job.end("completed", SUMMARY | {"objectives": {"val_acc": value}})
-        tracker.trial_ended(number, "COMPLETE", {"optimizer.lr": lr}, [value], tmp_path / "lr" / str(number))
-    tracker.end([{"number": 1, "values": [0.95], "params": {"optimizer.lr": 0.2}}])
+    result = train_py(
+        "--multirun", *tiny_overrides(tiny_mnist, "trainer.epochs=3", "data.val_size=100", "trainer.compile=false"),
+        "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=lr",
+        "optimizer.lr=choice(0.05,0.2)", f"hydra.sweep.dir={tmp_path / 'lr'}",
+        "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment=sweep",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("sweep").experiment_id
     children = client.search_runs([experiment], filter_string="tags.`cnnsweep.state` = 'COMPLETE'")
+    assert len(children) == 2
 
     port = free_port()
     command = [program("mlflow") or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",

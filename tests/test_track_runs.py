@@ -1,0 +1,113 @@
+"""`logger=...` on real runs and sweeps of train.py: what TensorBoard's reader and MLflow's client read back,
+a killed run resumed into the same MLflow run, and a sweep as a parent run with a child per trial."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from cnnsweep.files import METRICS_FILE
+from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG
+
+from helpers import metrics, read_trials, tiny_overrides, train_py, wait_for_rows
+
+mlflow = pytest.importorskip("mlflow")
+pytest.importorskip("tensorboard")
+
+
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def steps(uri: str, run_id: str, key: str) -> list[int]:
+    return [metric.step for metric in client(uri).get_metric_history(run_id, key)]
+
+
+def scalars(event_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_dir))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def test_a_run_writes_its_epochs_to_tensorboard_and_mlflow(tiny_mnist, tmp_path):
+    run_dir, uri = tmp_path / "run", store(tmp_path)
+    result = train_py(
+        *tiny_overrides(tiny_mnist, "trainer.epochs=2", "data.val_size=100", "optimizer.lr=0.07"),
+        "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = [(int(row["epoch"]), pytest.approx(float(row["val_acc"]))) for row in metrics(run_dir)]
+    assert len(expected) == 2 and scalars(run_dir / "tensorboard", "val/acc") == expected
+    run_id = (run_dir / RUN_ID_FILE).read_text().split('"run_id": "')[1].split('"')[0]
+    run = client(uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["cnnsweep.status"] == "completed"
+    assert run.data.params["optimizer.lr"] == "0.07" and run.data.params["trainer.epochs"] == "2"
+    history = client(uri).get_metric_history(run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == expected
+    assert {a.path for a in client(uri).list_artifacts(run_id)} == {"summary.json", METRICS_FILE, "best.pt"}
+
+
+@pytest.mark.slow  # a run killed after its second epoch, then resumed to its fourth
+def test_a_killed_run_resumed_continues_its_mlflow_run_with_each_epoch_once(tiny_mnist, tmp_path):
+    run_dir, uri = tmp_path / "run", store(tmp_path)
+    overrides = tiny_overrides(tiny_mnist, "trainer.epochs=4", "data.val_size=100", "trainer.compile=false")
+    process = train_py(*overrides, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run_dir}",
+                       wait=False)  # fmt: skip
+    try:
+        wait_for_rows(run_dir, 2, process)
+    finally:
+        process.send_signal(signal.SIGKILL)  # no goodbye: the MLflow run is left RUNNING
+        process.wait(timeout=60)
+    first_id = (run_dir / RUN_ID_FILE).read_text()
+    result = train_py(f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / RUN_ID_FILE).read_text() == first_id  # the same MLflow run
+    run_id = first_id.split('"run_id": "')[1].split('"')[0]
+    runs = client(uri).search_runs([client(uri).get_experiment_by_name("cnnsweep").experiment_id])
+    assert [run.info.run_id for run in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    assert steps(uri, run_id, "val_acc") == [1, 2, 3, 4] == [int(row["epoch"]) for row in metrics(run_dir)]
+    recorded = {m.step: m.value for m in client(uri).get_metric_history(run_id, "val_acc")}
+    assert recorded == {int(row["epoch"]): pytest.approx(float(row["val_acc"])) for row in metrics(run_dir)}
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tiny_mnist, tmp_path):
+    sweep_dir, uri = tmp_path / "sweep", store(tmp_path)
+    result = train_py(
+        "--multirun", *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"),
+        "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=tracked",
+        "model.widths.6=choice(16,400)", "optimizer.lr=choice(0.05,0.1)", f"hydra.sweep.dir={sweep_dir}",
+        "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trials = {int(row["number"]): row for row in read_trials(sweep_dir)}
+    assert sorted(row["state"] for row in trials.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    mlflow_client = client(uri)
+    parent_id = (sweep_dir / PARENT_FILE).read_text().split('"run_id": "')[1].split('"')[0]
+    runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("cnnsweep").experiment_id])
+    children = {int(run.data.tags[TRIAL_TAG]): run for run in runs if run.info.run_id != parent_id}
+    assert len(runs) == 5 and set(children) == set(trials)
+    for number, row in trials.items():
+        child = children[number]
+        assert child.data.tags["mlflow.parentRunId"] == parent_id and child.data.tags[STATE_TAG] == row["state"]
+        assert child.data.params["optimizer.lr"] == row["optimizer.lr"]
+        if row["state"] == "COMPLETE":  # its job's own run: the epochs, and the value the study holds
+            assert child.data.metrics["val_acc"] == pytest.approx(float(row["value"]))
+            assert scalars(sweep_dir / str(number) / "tensorboard", "objective/val_acc")[0][1] == pytest.approx(
+                float(row["value"])
+            )
+        else:  # over budget: never ran, no folder, a child run all the same
+            assert not (sweep_dir / str(number)).exists() and child.info.status == "KILLED"
+    best = max((row for row in trials.values() if row["state"] == "COMPLETE"), key=lambda row: float(row["value"]))
+    parent = mlflow_client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best.trial"] == int(best["number"])
+    assert parent.data.metrics["best.val_acc"] == pytest.approx(float(best["value"]))

@@ -111,3 +111,17 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tin
     parent = mlflow_client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["best.trial"] == int(best["number"])
     assert parent.data.metrics["best.val_acc"] == pytest.approx(float(best["value"]))
+
+
+def test_the_bench_times_each_tracker_against_an_epoch(tmp_path, monkeypatch):
+    from cnnsweep.schema import compose_config
+    from cnnsweep.tools.bench import logger_costs
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # where a run's default store would be
+    costs = logger_costs(compose_config(["logger=[tensorboard,mlflow]"]), epoch_s=40.0, epochs=5)
+    assert [cost["logger"] for cost in costs] == ["tensorboard", "mlflow"]
+    for cost in costs:
+        assert 0 < cost["log_epoch_ms"] <= cost["log_epoch_max_ms"]
+        assert cost["share_of_epoch"] == pytest.approx(cost["log_epoch_ms"] / 1000 / 40.0)
+    assert list(tmp_path.iterdir()) == []  # timed in a store of its own, not the working folder's

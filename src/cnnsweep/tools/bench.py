@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from cnnsweep.errors import make
 from cnnsweep.schema import compose_config
@@ -283,6 +284,42 @@ def results(variants: Sequence[Variant], machine: str) -> list[dict[str, Any]]:
     return rows
 
 
+def logger_costs(config: Any, epoch_s: float, epochs: int = 20) -> list[dict[str, Any]]:
+    """Each configured tracker's cost, timed on `epochs` epochs of the metrics a run logs: start (imports,
+    the store), the median and worst log_epoch with the median's share of one measured epoch (`epoch_s`),
+    and end (the artifact upload). In a temporary run folder; MLflow writes to a temporary SQLite store
+    unless its tracking_uri or MLFLOW_TRACKING_URI names one."""
+    from cnnsweep.track import RunInfo, build_loggers
+
+    record = {"lr": 0.01, "train_loss": 0.1, "train_acc": 0.99, "val_loss": 0.05, "val_acc": 0.99,
+              "test_loss": 0.05, "test_acc": 0.99, "seconds": epoch_s, "images_per_s": 1000.0}  # fmt: skip
+    resolved = OmegaConf.to_container(config, resolve=True)
+    resolved.pop("logger", None)
+    rows = []
+    for name, node in (config.logger or {}).items():
+        with tempfile.TemporaryDirectory(prefix="bench-logger-") as folder:
+            run_dir = Path(folder)
+            if name == "mlflow" and node.get("tracking_uri") is None and "MLFLOW_TRACKING_URI" not in os.environ:
+                node = OmegaConf.merge(node, {"tracking_uri": f"sqlite:///{run_dir / 'mlflow.db'}"})
+            [logger] = build_loggers({name: node}).loggers  # not through Loggers' guard: a failure here is shown
+            began = time.perf_counter()
+            logger.start(RunInfo(run_dir, resolved, 0, "bench"))
+            start_s = time.perf_counter() - began
+            times = []
+            for epoch in range(1, epochs + 1):
+                began = time.perf_counter()
+                logger.log_epoch(epoch, {"epoch": epoch, **record})
+                times.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            logger.end("completed", {"objectives": {"val_acc": 0.99}, "epochs_run": epochs})
+            end_s = time.perf_counter() - began
+        median = sorted(times)[len(times) // 2]
+        rows.append({"logger": name, "start_s": start_s, "log_epoch_ms": 1000 * median,
+                     "log_epoch_max_ms": 1000 * max(times), "share_of_epoch": median / epoch_s,
+                     "end_s": end_s})  # fmt: skip
+    return rows
+
+
 def named(specs: Sequence[str], parser: argparse.ArgumentParser, flag: str) -> list[tuple[str, list[str]]]:
     """NAME="OVERRIDES" arguments as (name, overrides) pairs; anything else ends the command in one line."""
     pairs = [spec.partition("=") for spec in specs]
@@ -353,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of throughput: train each variant fully (its config's epochs) per seed and "
                         "compare final test accuracy")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for --accuracy")
+    parser.add_argument("--logger", default="", metavar="NAMES",
+                        help="also time these trackers (options of the logger group, e.g. tensorboard,mlflow): "
+                        "their cost per epoch against the first variant's measured epoch")  # fmt: skip
     parser.add_argument("--compile-cache", choices=("shared", "cold"), default="shared",
                         help="cold: compile into an empty cache (the first run on a machine); shared: the one "
                         "every run uses (cnnsweep.train.compiling)")  # fmt: skip
@@ -395,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = make(cfg.trainer).device
     machine = machine_facts(device)
     rows = results(variants, machine_label(machine))
+    costs = []
+    if args.logger:
+        tracked = compose_config([*args.overrides, f"logger=[{args.logger}]"])
+        costs = logger_costs(tracked, rows[0]["epoch_s"])
     if args.json:
         command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
         facts = {
@@ -405,11 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "compile_cache": args.compile_cache,
         }
-        print(json.dumps({**facts, "rows": rows}, indent=2))
+        print(json.dumps({**facts, "rows": rows, "loggers": costs}, indent=2))
     else:
         print(f"device {device}, torch threads {torch.get_num_threads()}, {args.rounds} rounds of {args.batches} ")
         print(f"training and {args.eval_batches} evaluation batches per variant; epoch s = one train + test pass")
         print(format_table(rows))
+        epoch = f"a {rows[0]['epoch_s']:.1f} s epoch ({rows[0]['variant']})"
+        for cost in costs:
+            per_epoch = f"{cost['log_epoch_ms']:.1f} ms (max {cost['log_epoch_max_ms']:.1f})"
+            once = f"start {cost['start_s']:.1f} s, end {cost['end_s']:.2f} s"
+            print(f"logger {cost['logger']}: log_epoch {per_epoch}, {100 * cost['share_of_epoch']:.3f}% of {epoch}; "
+                  f"once per run: {once}")  # fmt: skip
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -211,3 +212,16 @@ def study_url(sweep_dir: Path) -> str:
 def load_study(sweep_dir: Path, name: str = "test") -> optuna.Study:
     """The study `name` in a sweep's default storage."""
     return optuna.load_study(study_name=name, storage=study_url(sweep_dir))
+
+
+def readme_files(section: str) -> dict[str, str]:
+    """The code blocks of README's `## <section>` that start with a `# <path>` line, by path."""
+    text = (REPO / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", text, flags=re.S)
+    return {path: code for path, code in blocks}
+
+
+def write_files(folder: Path, files: dict[str, str]) -> None:
+    for path, text in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(text)

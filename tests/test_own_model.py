@@ -5,30 +5,20 @@ own argument and an evaluation, each started from that folder."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from cnnsweep.artifacts import RunStatus
 
-from helpers import REPO, read_trials, summary, tiny_overrides, tool, train_py
+from helpers import read_trials, readme_files, summary, tiny_overrides, tool, train_py, write_files
 
 pytestmark = pytest.mark.slow  # four train.py processes, one of them a sweep: about a minute on 2 cores
 
 
-def readme_files() -> dict[str, str]:
-    """The README section's code blocks that start with a `# <path>` line, by path."""
-    section = (REPO / "README.md").read_text().split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section, flags=re.S)
-    return {path: text for path, text in blocks}
-
-
 def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_folder(tiny_mnist, tmp_path):
-    files = readme_files()
+    files = readme_files("Bring your own model")
     assert set(files) == {"mynet.py", "myconf/model/mynet.yaml"}
-    for path, text in files.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
+    write_files(tmp_path, files)
     mine = ["--config-dir", "myconf", "model=mynet"]
 
     run = tmp_path / "run"

@@ -3,6 +3,7 @@ a killed run resumed into the same MLflow run, and a sweep as a parent run with 
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from cnnsweep.files import METRICS_FILE
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG
 
-from helpers import metrics, read_trials, tiny_overrides, train_py, wait_for_rows
+from helpers import metrics, read_trials, readme_files, tiny_overrides, train_py, wait_for_rows, write_files
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -125,3 +126,22 @@ def test_the_bench_times_each_tracker_against_an_epoch(tmp_path, monkeypatch):
         assert 0 < cost["log_epoch_ms"] <= cost["log_epoch_max_ms"]
         assert cost["share_of_epoch"] == pytest.approx(cost["log_epoch_ms"] / 1000 / 40.0)
     assert list(tmp_path.iterdir()) == []  # timed in a store of its own, not the working folder's
+
+
+def test_readmes_own_logger_prints_each_epoch_from_its_own_folder(tiny_mnist, tmp_path):
+    files = readme_files("Track experiments")
+    assert set(files) == {"printlog.py", "myconf/logger/print.yaml"}
+    write_files(tmp_path, files)
+    run_dir = tmp_path / "run"
+    result = train_py(
+        "--config-dir", "myconf", "logger=[print]", *tiny_overrides(tiny_mnist, "trainer.epochs=2"),
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = metrics(run_dir)
+    n_params = json.loads((run_dir / "summary.json").read_text())["n_params"]
+    printed = result.stdout.splitlines()
+    assert f"{run_dir.parent.name}/{run_dir.name}: {n_params:,} parameters" in printed
+    assert [line for line in printed if line[:2] in ("1 ", "2 ")] == [
+        f"{row['epoch']} {row['test_acc']}" for row in rows
+    ]

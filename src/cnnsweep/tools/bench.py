@@ -374,7 +374,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return aligned(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cnnsweep.bench", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer.device=cuda")
     parser.add_argument("--variants", default="classic,cnnsweep,compute", help="which of classic,cnnsweep,compute")
@@ -396,6 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile-cache", choices=("shared", "cold"), default="shared",
                         help="cold: compile into an empty cache (the first run on a machine); shared: the one "
                         "every run uses (cnnsweep.train.compiling)")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     # Private: dynamo compiles ConvNet.forward afresh for every compiled variant (another model,
     # batch size or autocast state) and, past 8 versions of one function, silently runs it eagerly;
@@ -439,6 +444,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.logger:
         tracked = compose_config([*args.overrides, f"logger=[{args.logger}]"])
         costs = logger_costs(tracked, rows[0]["epoch_s"])
+    print_results(args, argv, device, machine, rows, costs)
+    return 0
+
+
+def print_results(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    device: torch.device,
+    machine: dict[str, Any],
+    rows: list[dict[str, Any]],
+    costs: list[dict[str, Any]],
+) -> None:
+    """The throughput table (or JSON, with the machine and the command) and each tracker's cost."""
     if args.json:
         command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
         facts = {
@@ -460,7 +478,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             once = f"start {cost['start_s']:.1f} s, end {cost['end_s']:.2f} s"
             print(f"logger {cost['logger']}: log_epoch {per_epoch}, {100 * cost['share_of_epoch']:.3f}% of {epoch}; "
                   f"once per run: {once}")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

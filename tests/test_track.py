@@ -168,6 +168,24 @@ def test_tensorboard_writes_scalars_per_epoch_and_a_trials_hparams_session(tmp_p
     assert end.status == 1  # STATUS_SUCCESS
 
 
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [("pruned", "STATUS_UNKNOWN"), ("interrupted", "STATUS_UNKNOWN"), ("diverged", "STATUS_FAILURE")],
+)
+def test_a_trial_that_did_not_complete_ends_its_hparams_session_with_a_status_tensorboard_has(tmp_path, status, shown):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    run_dir = tmp_path / "lr" / "4"
+    logger = Loggers([TensorBoardLogger()])
+    logger.start(run_info(run_dir, sweep=SweepInfo(tmp_path / "lr", "lr", 4, {"optimizer.lr": 0.05})))
+    logger.log_epoch(1, epoch_metrics(1))
+    logger.end(status, SUMMARY | {"status": status, "epochs_run": 1})
+    assert logger.failed == {}
+    plugin = read_events(run_dir / "tensorboard").PluginTagToContent(metadata.PLUGIN_NAME)
+    end = metadata.parse_session_end_info_plugin_data(plugin[metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.Status.Value(shown)
+
+
 def test_a_resumed_tensorboard_run_shows_each_epoch_once(tmp_path):
     first = TensorBoardLogger()
     first.start(run_info(tmp_path))

@@ -26,7 +26,7 @@ from cnnsweep.track import (
 )
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE
 
-from helpers import REPO, tiny_overrides, train_py
+from helpers import REPO
 
 CONFIG = {
     "seed": 1,
@@ -309,6 +309,16 @@ def test_an_unreachable_server_is_one_warning_and_no_password(tmp_path, caplog, 
     assert not (tmp_path / RUN_ID_FILE).exists()
 
 
+def test_a_password_in_the_config_is_not_stored_as_a_param(tmp_path, tracking_uri, client):
+    config = CONFIG | {"logger": {"mlflow": {"tracking_uri": "https://me:s3cret@mlflow.example.org"}}}
+    logger = MLflowLogger(tracking_uri=tracking_uri)
+    logger.start(RunInfo(tmp_path, config, 18970, "masked"))
+    logger.end("completed", SUMMARY)
+    params = client.get_run(logger.run_id).data.params
+    assert params["logger.mlflow.tracking_uri"] == "https://me:***@mlflow.example.org"
+    assert not any("s3cret" in value for value in params.values())
+
+
 def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_nothing(tmp_path, caplog):
     (tmp_path / "file").write_text("not a folder")
     loggers = Loggers([TensorBoardLogger(log_dir=str(tmp_path / "file" / "events"))])
@@ -318,64 +328,3 @@ def test_an_unwritable_event_folder_is_one_warning_and_the_calls_after_it_do_not
         loggers.end("completed", SUMMARY)
     assert len(caplog.records) == 1 and "TensorBoardLogger: start failed" in caplog.records[0].getMessage()
     assert loggers.loggers == [] and list(loggers.failed) == ["TensorBoardLogger"]
-
-
-# ---------------------------------------------------------------- looked at as a user would
-
-
-@pytest.mark.slow  # a real 2-trial sweep, an MLflow server (about 20 s to start) and a real headless browser
-def test_mlflow_ui_shows_a_two_trial_sweep_with_a_chart(tiny_mnist, tmp_path, chromium):
-    """`mlflow server` over the store a 2-trial sweep (`logger=mlflow`) wrote; headless Chromium opens its
-    compare page of the two trials: both names and a Plotly chart on the page, and a screenshot for the README."""
-    import subprocess
-    import time
-    import urllib.parse
-    import urllib.request
-
-    from mlflow.tracking import MlflowClient
-
-    from browser import RENDER, browse, page_text, program
-    from postgres import free_port
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = train_py(
-        "--multirun", *tiny_overrides(tiny_mnist, "trainer.epochs=3", "data.val_size=100", "trainer.compile=false"),
-        "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=lr",
-        "optimizer.lr=choice(0.05,0.2)", f"hydra.sweep.dir={tmp_path / 'lr'}",
-        "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment=sweep",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("sweep").experiment_id
-    children = client.search_runs([experiment], filter_string="tags.`cnnsweep.state` = 'COMPLETE'")
-    assert len(children) == 2
-
-    port = free_port()
-    command = [program("mlflow") or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.read() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-            time.sleep(1)
-        runs = urllib.parse.quote(json.dumps([run.info.run_id for run in children]))
-        page = f"{url}/#/compare-runs?runs={runs}&experiments=" + urllib.parse.quote(json.dumps([experiment]))
-        dom = browse(chromium, *RENDER, "--dump-dom", page).stdout
-        text = page_text(dom)
-        assert "Comparing 2 Runs from 1 Experiment" in text, text[:1000]
-        assert "trial 0" in text and "trial 1" in text and "optimizer.lr" in text
-        assert "js-plotly-plot" in dom  # the parallel-coordinates chart of params and metrics
-        screenshot = REPO / "docs" / "mlflow_sweep.png"
-        browse(chromium, *RENDER, f"--screenshot={screenshot}", page)
-        assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

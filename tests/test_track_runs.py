@@ -12,7 +12,7 @@ import pytest
 from cnnsweep.files import METRICS_FILE
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG
 
-from helpers import metrics, read_trials, readme_files, tiny_overrides, train_py, wait_for_rows, write_files
+from helpers import REPO, metrics, read_trials, readme_files, tiny_overrides, train_py, wait_for_rows, write_files
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -40,14 +40,19 @@ def scalars(event_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
-def test_a_run_writes_its_epochs_to_tensorboard_and_mlflow(tiny_mnist, tmp_path):
+def test_a_run_writes_its_epochs_to_tensorboard_mlflow_and_readmes_own_logger(tiny_mnist, tmp_path):
+    files = readme_files("Track experiments")  # README's ten-line logger, from a folder of the user's own
+    assert set(files) == {"printlog.py", "myconf/logger/print.yaml"}
+    write_files(tmp_path, files)
     run_dir, uri = tmp_path / "run", store(tmp_path)
     result = train_py(
         *tiny_overrides(tiny_mnist, "trainer.epochs=2", "data.val_size=100", "optimizer.lr=0.07"),
-        "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run_dir}",
+        "--config-dir", "myconf", "logger=[tensorboard,mlflow,print]", f"logger.mlflow.tracking_uri={uri}",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    expected = [(int(row["epoch"]), pytest.approx(float(row["val_acc"]))) for row in metrics(run_dir)]
+    rows = metrics(run_dir)
+    expected = [(int(row["epoch"]), pytest.approx(float(row["val_acc"]))) for row in rows]
     assert len(expected) == 2 and scalars(run_dir / "tensorboard", "val/acc") == expected
     run_id = (run_dir / RUN_ID_FILE).read_text().split('"run_id": "')[1].split('"')[0]
     run = client(uri).get_run(run_id)
@@ -56,16 +61,22 @@ def test_a_run_writes_its_epochs_to_tensorboard_and_mlflow(tiny_mnist, tmp_path)
     history = client(uri).get_metric_history(run_id, "val_acc")
     assert [(m.step, m.value) for m in history] == expected
     assert {a.path for a in client(uri).list_artifacts(run_id)} == {"summary.json", METRICS_FILE, "best.pt"}
+    printed = result.stdout.splitlines()  # README's PrintLogger
+    n_params = json.loads((run_dir / "summary.json").read_text())["n_params"]
+    assert f"{run_dir.parent.name}/{run_dir.name}: {n_params:,} parameters" in printed
+    assert [line for line in printed if line[:2] in ("1 ", "2 ")] == [
+        f"{row['epoch']} {row['test_acc']}" for row in rows
+    ]
 
 
-@pytest.mark.slow  # a run killed after its second epoch, then resumed to its fourth
+@pytest.mark.slow  # a run killed after its first epoch, then resumed to its third
 def test_a_killed_run_resumed_continues_its_mlflow_run_with_each_epoch_once(tiny_mnist, tmp_path):
     run_dir, uri = tmp_path / "run", store(tmp_path)
-    overrides = tiny_overrides(tiny_mnist, "trainer.epochs=4", "data.val_size=100", "trainer.compile=false")
+    overrides = tiny_overrides(tiny_mnist, "trainer.epochs=3", "data.val_size=100", "trainer.compile=false")
     process = train_py(*overrides, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={run_dir}",
                        wait=False)  # fmt: skip
     try:
-        wait_for_rows(run_dir, 2, process)
+        wait_for_rows(run_dir, 1, process)
     finally:
         process.send_signal(signal.SIGKILL)  # no goodbye: the MLflow run is left RUNNING
         process.wait(timeout=60)
@@ -76,20 +87,28 @@ def test_a_killed_run_resumed_continues_its_mlflow_run_with_each_epoch_once(tiny
     run_id = first_id.split('"run_id": "')[1].split('"')[0]
     runs = client(uri).search_runs([client(uri).get_experiment_by_name("cnnsweep").experiment_id])
     assert [run.info.run_id for run in runs] == [run_id] and runs[0].info.status == "FINISHED"
-    assert steps(uri, run_id, "val_acc") == [1, 2, 3, 4] == [int(row["epoch"]) for row in metrics(run_dir)]
+    assert steps(uri, run_id, "val_acc") == [1, 2, 3] == [int(row["epoch"]) for row in metrics(run_dir)]
     recorded = {m.step: m.value for m in client(uri).get_metric_history(run_id, "val_acc")}
     assert recorded == {int(row["epoch"]): pytest.approx(float(row["val_acc"])) for row in metrics(run_dir)}
 
 
-def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tiny_mnist, tmp_path):
-    sweep_dir, uri = tmp_path / "sweep", store(tmp_path)
+@pytest.fixture(scope="module")
+def tracked_sweep(tiny_mnist, tmp_path_factory) -> tuple[Path, str]:
+    """A finished sweep logged to both trackers: a grid of two widths (one over budget) and two learning rates."""
+    folder = tmp_path_factory.mktemp("tracked")
+    sweep_dir, uri = folder / "sweep", store(folder)
     result = train_py(
         "--multirun", *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"),
         "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=tracked",
-        "model.widths.6=choice(16,400)", "optimizer.lr=choice(0.05,0.1)", f"hydra.sweep.dir={sweep_dir}",
+        "model.widths.6=choice(16,400)", "optimizer.lr=choice(0.05,0.2)", f"hydra.sweep.dir={sweep_dir}",
         "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    return sweep_dir, uri
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tracked_sweep):
+    sweep_dir, uri = tracked_sweep
     trials = {int(row["number"]): row for row in read_trials(sweep_dir)}
     assert sorted(row["state"] for row in trials.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     mlflow_client = client(uri)
@@ -128,20 +147,56 @@ def test_the_bench_times_each_tracker_against_an_epoch(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # timed in a store of its own, not the working folder's
 
 
-def test_readmes_own_logger_prints_each_epoch_from_its_own_folder(tiny_mnist, tmp_path):
-    files = readme_files("Track experiments")
-    assert set(files) == {"printlog.py", "myconf/logger/print.yaml"}
-    write_files(tmp_path, files)
-    run_dir = tmp_path / "run"
-    result = train_py(
-        "--config-dir", "myconf", "logger=[print]", *tiny_overrides(tiny_mnist, "trainer.epochs=2"),
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = metrics(run_dir)
-    n_params = json.loads((run_dir / "summary.json").read_text())["n_params"]
-    printed = result.stdout.splitlines()
-    assert f"{run_dir.parent.name}/{run_dir.name}: {n_params:,} parameters" in printed
-    assert [line for line in printed if line[:2] in ("1 ", "2 ")] == [
-        f"{row['epoch']} {row['test_acc']}" for row in rows
-    ]
+# ---------------------------------------------------------------- looked at as a user would
+
+
+@pytest.mark.slow  # an MLflow server (about 20 s to start) and a real headless browser
+def test_mlflow_ui_shows_a_sweeps_trials_with_a_chart(tracked_sweep, chromium):
+    """`mlflow server` over the store a sweep wrote; headless Chromium opens the compare page of its two
+    trained trials: both names and a Plotly chart on the page, and a screenshot for the README."""
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from browser import RENDER, browse, page_text, program
+    from postgres import free_port
+
+    _, uri = tracked_sweep
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cnnsweep").experiment_id
+    children = client.search_runs([experiment], filter_string="tags.`cnnsweep.state` = 'COMPLETE'")
+    assert len(children) == 2
+
+    port = free_port()
+    command = [program("mlflow") or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.read() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(1)
+        runs = urllib.parse.quote(json.dumps([run.info.run_id for run in children]))
+        page = f"{url}/#/compare-runs?runs={runs}&experiments=" + urllib.parse.quote(json.dumps([experiment]))
+        dom = browse(chromium, *RENDER, "--dump-dom", page).stdout
+        text = page_text(dom)
+        assert "Comparing 2 Runs from 1 Experiment" in text, text[:1000]
+        names = sorted(run.info.run_name for run in children)
+        assert [name in text for name in names] == [True, True] and "optimizer.lr" in text
+        assert "js-plotly-plot" in dom  # the parallel-coordinates chart of params and metrics
+        screenshot = REPO / "docs" / "mlflow_sweep.png"
+        browse(chromium, *RENDER, f"--screenshot={screenshot}", page)
+        assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -175,7 +175,11 @@ class MLflowLogger(Logger):
         created = self.client.create_run(experiment, run_name=name, tags=tags)
         self.run_id = created.info.run_id
         write_id(id_file, {"run_id": self.run_id, "experiment_id": experiment, "tracking_uri": self.shown_uri})
-        log_params(self.client, self.run_id, flatten(run.config) | {"n_params": run.n_params})
+        # a password in any value (the tracking URI, a storage URL typed on the command line) is not stored
+        params = {
+            key: mask_password(value) if isinstance(value, str) else value for key, value in flatten(run.config).items()
+        }
+        log_params(self.client, self.run_id, params | {"n_params": run.n_params})
 
     def _logged_epochs(self) -> set[int]:
         keys = list(self.client.get_run(self.run_id).data.metrics)

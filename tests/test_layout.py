@@ -67,3 +67,16 @@ def test_the_tools_commands_keep_their_short_names():
     result = subprocess.run([sys.executable, "-m", "cnnsweep.stats", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m cnnsweep.stats")
+
+
+def test_a_bad_override_is_refused_before_torch_is_imported():
+    """train.py's precheck answers before torch loads (seconds on a CPU): nothing it imports may pull torch in."""
+    train_py = Path(cnnsweep.__file__).parents[2] / "train.py"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(train_py), "optimizer.lr=abc"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "optimizer.lr" in result.stderr.splitlines()[-1]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "cnnsweep.cli" in imported and "torch" not in imported

@@ -21,12 +21,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from cnnsweep.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    import torch
+
 from cnnsweep.files import (
     CHECKPOINT_DIR,
     CHECKPOINT_SUFFIX,
@@ -161,12 +164,16 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: train.py reads RunStatus before its precheck, which must not wait for torch
+
     write_atomically(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: Path, purpose: str) -> dict[str, Any]:
     """A checkpoint's state, on the CPU; a UserError naming `purpose` when it cannot be read."""
     try:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"{path} cannot be read ({first_line(error)}); {purpose}") from error

@@ -40,6 +40,7 @@ def scalars(event_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
+@pytest.mark.slow  # train.py with both trackers (MLflow's import and store: seconds); test_track.py is the quick loop's
 def test_a_run_writes_its_epochs_to_tensorboard_mlflow_and_readmes_own_logger(tiny_mnist, tmp_path):
     files = readme_files("Track experiments")  # README's ten-line logger, from a folder of the user's own
     assert set(files) == {"printlog.py", "myconf/logger/print.yaml"}
@@ -107,6 +108,7 @@ def tracked_sweep(tiny_mnist, tmp_path_factory) -> tuple[Path, str]:
     return sweep_dir, uri
 
 
+@pytest.mark.slow  # a tracked sweep (shared with the browser test)
 def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tracked_sweep):
     sweep_dir, uri = tracked_sweep
     trials = {int(row["number"]): row for row in read_trials(sweep_dir)}

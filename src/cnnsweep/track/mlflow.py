@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from cnnsweep.artifacts import RunFolder, RunStatus, write_json
+from cnnsweep.files import BEST_CHECKPOINT
 from cnnsweep.track.logger import Logger, RunInfo, flatten, mask_password
 
 RUN_ID_FILE = "mlflow_run.json"
@@ -29,7 +31,7 @@ DEFAULT_EXPERIMENT = "cnnsweep"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a child run under its parent
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, STATE_TAG = "cnnsweep.trial", "cnnsweep.study", "cnnsweep.status", "cnnsweep.state"
 # summary.json status -> MLflow run status (pruned: stopped early on purpose, as Optuna's PRUNED)
-RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
+RUN_STATUS = {RunStatus.COMPLETED: "FINISHED", RunStatus.PRUNED: "KILLED", RunStatus.INTERRUPTED: "KILLED"}
 TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "RUNNING": "RUNNING"}  # Optuna state -> MLflow
 # MLflow's limits (mlflow.utils.validation): a param value's length, params or tags per log_batch call.
 MAX_PARAM_LENGTH, MAX_PER_BATCH = 6000, 100
@@ -115,14 +117,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def write_id(path: Path, data: Mapping[str, Any]) -> None:
-    """A small JSON file written whole (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)
-
-
 def read_id(path: Path) -> str | None:
     return json.loads(path.read_text())["run_id"] if path.is_file() else None
 
@@ -174,7 +168,7 @@ class MLflowLogger(Logger):
         name = run.name if run.sweep is None else trial_name(run.sweep.trial_number)  # the same from either side
         created = self.client.create_run(experiment, run_name=name, tags=tags)
         self.run_id = created.info.run_id
-        write_id(id_file, {"run_id": self.run_id, "experiment_id": experiment, "tracking_uri": self.shown_uri})
+        write_json(id_file, {"run_id": self.run_id, "experiment_id": experiment, "tracking_uri": self.shown_uri})
         # a password in any value (the tracking URI, a storage URL typed on the command line) is not stored
         params = {
             key: mask_password(value) if isinstance(value, str) else value for key, value in flatten(run.config).items()
@@ -209,9 +203,10 @@ class MLflowLogger(Logger):
         return MLflowSweepTracker(self.tracking_uri, self.experiment)
 
     def _artifacts(self) -> Iterable[Path]:
-        candidates = [self.run_dir / "summary.json", self.run_dir / "metrics.csv"]
+        folder = RunFolder(self.run_dir)
+        candidates = [folder.summary, folder.metrics]
         if self.log_checkpoint:
-            candidates.append(self.run_dir / "checkpoints" / "best.pt")
+            candidates.append(folder.checkpoint(BEST_CHECKPOINT))
         return [path for path in candidates if path.is_file()]
 
 
@@ -242,7 +237,7 @@ class MLflowSweepTracker:
         tags = {STUDY_TAG: study_name, "cnnsweep.sweep_dir": str(self.sweep_dir)}
         self.parent_id = self.client.create_run(experiment, run_name=study_name, tags=tags).info.run_id
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_id(id_file, {"run_id": self.parent_id, "experiment_id": experiment, "tracking_uri": shown_uri})
+        write_json(id_file, {"run_id": self.parent_id, "experiment_id": experiment, "tracking_uri": shown_uri})
         pairs = enumerate(zip(metric_names, directions, strict=True))
         objectives = {f"objective.{index}": f"{name} ({direction})" for index, (name, direction) in pairs}
         log_params(self.client, self.parent_id, {"study_name": study_name} | objectives)

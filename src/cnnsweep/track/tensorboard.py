@@ -8,13 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnsweep.artifacts import RunStatus
 from cnnsweep.track.logger import Logger, RunInfo
 
 EVENT_FOLDER = "tensorboard"  # <run_dir>/tensorboard: a trial's lies under its sweep folder (<sweep>/<number>/)
 OBJECTIVE_PREFIX = "objective/"  # the HParams tab's metric columns: the run's final objective values
 # summary.json status -> the HParams tab's session status (success, failure, running or unknown: it has no word
 # for a run stopped on purpose, so a pruned or interrupted one is unknown; diverged, failed: failure)
-SESSION_STATUS = {"completed": "STATUS_SUCCESS", "pruned": "STATUS_UNKNOWN", "interrupted": "STATUS_UNKNOWN"}
+SESSION_STATUS = {
+    RunStatus.COMPLETED: "STATUS_SUCCESS", RunStatus.PRUNED: "STATUS_UNKNOWN", RunStatus.INTERRUPTED: "STATUS_UNKNOWN"
+}  # fmt: skip
 
 
 class TensorBoardLogger(Logger):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import subprocess
@@ -167,6 +168,11 @@ class Run:
     clock: Clock
     loggers: Loggers  # the experiment trackers (cfg.logger); a failing one is switched off with one warning
 
+    @functools.cached_property
+    def resolved(self) -> dict[str, Any]:
+        """The config with its interpolations resolved: what checkpoints and trackers record."""
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
 
 def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests, place: SweepInfo | None) -> None:
     """Build the run's parts, read its data, pick up a resumed run, choose precision and compiling, train."""
@@ -200,7 +206,7 @@ def start_trackers(run: Run, resume: bool, place: SweepInfo | None, history: lis
     """Tell the trackers the run starts (a resumed one continues its tracker runs) and replay the epochs
     restored from the checkpoint (each tracker skips those it already holds)."""
     folder = run.folder.path
-    config = OmegaConf.to_container(run.cfg, resolve=True)
+    config = run.resolved
     name = f"{folder.parent.name}/{folder.name}"
     run.loggers.start(RunInfo(folder, config, run.summary.n_params, name, resumed=resume, sweep=place))
     for record in history:
@@ -259,7 +265,7 @@ class EpochRecorder:
         self.history = history
         self.reporter = reporter
         self.metric = checkpoint_metric(run.objectives, run.cfg.data.val_size)  # picks best.pt
-        self.config = OmegaConf.to_container(run.cfg, resolve=True)
+        self.config = run.resolved  # stored in each checkpoint
         self.first_epoch = len(history) + 1
         self.warm_graphs = warm_graphs  # the compiled graphs' cache key (None: eager), noted once compiled
 

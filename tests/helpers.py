@@ -147,12 +147,21 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
     ]
 
 
+def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """`--multirun` with the tiny run's overrides on `root`'s data, a 100-image validation split, in `sweep_dir`."""
+    return ["--multirun", *tiny_overrides(root, "data.val_size=100", f"hydra.sweep.dir={sweep_dir}", *extra)]
+
+
+IN_PROCESS = ("hydra/launcher=basic", "hydra.sweeper.n_jobs=1")  # a sweep's trials one at a time, in its process
+
+
 def train_py(
     *args: str,
     wait: bool = True,
     cwd: Path = REPO,
     runner: Path | None = None,
     timeout: float = 600,
+    env: dict[str, str] | None = None,
     **popen,
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """`python train.py ARGS` run from `cwd`: finished (stdout and stderr captured apart) or, with
@@ -161,8 +170,8 @@ def train_py(
     command = [sys.executable, *([str(runner)] if runner else []), str(REPO / "train.py"), *args]
     if not wait:
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        return subprocess.Popen(command, cwd=cwd, **(pipes | popen))
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(command, cwd=cwd, env=env, **(pipes | popen))
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def tool(name: str, *args: object, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

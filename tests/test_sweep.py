@@ -19,27 +19,7 @@ from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.train.model import ConvNet, count_parameters
 
-from helpers import REPO, load_study, read_trials, summary, tool, train_py
-
-
-def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--multirun",
-        f"data.root={root}",
-        "data.download=false",
-        "data.val_size=100",
-        "trainer.epochs=1",
-        "trainer.progress=false",
-        "trainer.device=cpu",
-        "trainer.compile=auto",
-        f"hydra.sweep.dir={sweep_dir}",
-        *extra,
-    ]
-
-
-# Trials one at a time in the sweep's own process: quicker to start than worker processes. The
-# default (one trial per core through joblib) is run by the first test here and by test_reliability.
-IN_PROCESS = ("hydra/launcher=basic", "hydra.sweeper.n_jobs=1")
+from helpers import IN_PROCESS, REPO, load_study, read_trials, summary, sweep_overrides, tool, train_py
 
 
 def optuna_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:

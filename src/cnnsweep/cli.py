@@ -2,8 +2,9 @@
 
 Hydra reports a bad override (an unknown option, a misspelt key, a value of the wrong type) in
 several lines and only once its run folder exists; `precheck` composes the same config first and
-refuses it in one line, also when a mandatory value (`???`) is left unset, a value cannot be resolved
-or the output folder cannot be written, before anything is made. `check_config` is the part of that
+refuses it in one line, also when a mandatory value (`???`) is left unset, a value cannot be resolved,
+an option's package is not installed (cnnsweep.packages) or the output folder cannot be written, before
+anything is made. `check_config` is the part of that
 which every job repeats on the config Hydra composed for it (sweeps, `--config-dir` runs).
 """
 
@@ -22,6 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIG_FILE, HYDRA_DIR
+from cnnsweep.packages import check_launcher, check_packages
 from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config
 
 # Hydra flags after which a plain run's precheck does not apply (sweeps, info, help, completion).
@@ -37,6 +39,7 @@ def precheck(argv: Sequence[str], conf_dir: Path) -> None:
     that an override reads and that is not set."""
     try:
         check_environment(argv)
+        check_launcher(list(argv))
         if not any(arg in NOT_A_RUN or arg.startswith(NOT_A_RUN_PREFIXES) for arg in argv):
             overrides, config_dirs = split_config_dirs(list(argv))
             check_run(overrides, conf_dir, config_dirs)
@@ -84,6 +87,8 @@ def check_run(overrides: list[str], conf_dir: Path = CONF_DIR, config_dirs: Sequ
         saved_config(Path(cfg.resume))
         return  # the run continues with its own saved config, checked there
     check_config(cfg)
+    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=False)
+    check_packages(job, cfg.hydra.runtime.choices)
     check_writable(run_dir)
 
 

@@ -19,7 +19,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.sweep.attrs import OWNER
+from cnnsweep.errors import UserError, first_line
+from cnnsweep.sweep.attrs import OWNER, REASON
+from cnnsweep.sweep.endings import SamplerFailed
+from cnnsweep.sweep.outcomes import tell
 from cnnsweep.sweep.samplers import reseed
 from cnnsweep.sweep.study import Lanes, claim, n_counted, requeue_lost_trials, this_worker
 
@@ -64,11 +67,30 @@ class TrialClaims:
         # Relative samplers (CMA-ES, NSGA-II, multivariate TPE) draw inside ask(): seed them for the
         # number the new trial will most likely get, and again once it is known.
         reseed(self.sampler, self.seed, self.study_name, len(trials))
-        trial = study.ask()
+        try:
+            trial = study.ask()
+        except Exception as error:  # the sampler's before_trial: the trial exists, unclaimed
+            unclaimed = [
+                t.number
+                for t in self.storage.get_all_trials(self.study_id, deepcopy=False)
+                if t.number >= len(trials) and t.state == TrialState.RUNNING and OWNER not in t.system_attrs
+            ]
+            raise self.failed_draw(study, max(unclaimed, default=None), error) from error
         if not claim(study, self.lanes, trial, self.n_trials, self.counts_over_budget):
             return None  # the remaining places are taken by other workers
         reseed(self.sampler, self.seed, self.study_name, trial.number)
         return study, trial
+
+    def failed_draw(self, study: optuna.Study, number: int | None, error: BaseException) -> SamplerFailed:
+        """Record trial `number`, which the sampler raised while drawing, as FAIL with the reason (a trial left
+        RUNNING would wait for a worker that never comes); the error that stops the sweep in one line."""
+        said = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+        if number is None:
+            return SamplerFailed(f"the sampler failed while drawing a trial: {said}")
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        self.storage.set_trial_user_attr(trial_id, REASON, f"the sampler failed while drawing this trial: {said}")
+        tell(study, number, None, TrialState.FAIL)
+        return SamplerFailed(f"the sampler failed while drawing trial {number}: {said}")
 
     def wait_for_others(self, trials: list[FrozenTrial]) -> object | None:
         """WAIT while trials of other workers run (each lost one becomes this worker's to retry), else None."""

@@ -4,6 +4,8 @@
   (SweepAborted) after the trials in flight. Pruned and over-budget trials do not count.
 - A trial that fails on a bad setting every trial shares (a UserError that names none of the trial's
   sampled parameters) stops the sweep after it (SharedFailure): the next ones would fail the same way.
+- The sampler raising while it draws a trial (SamplerFailed) records that trial FAIL with the reason and stops
+  the sweep: asking again would raise again.
 - Any other error raised in a lane stops every lane after its trial in flight.
 - trials.csv and optimization_results.yaml are rewritten after every trial, and once more at the end.
 - `ending_line` turns what stopped the sweep into one line and an exit status (None: a bug, shown with its
@@ -37,6 +39,10 @@ class SweepStopped(Exception):
 
 class SweepAborted(SweepStopped):
     """Too many trials of this sweep failed."""
+
+
+class SamplerFailed(SweepStopped):
+    """The sampler raised while drawing a trial (not inside a job): every later draw would too."""
 
 
 class SharedFailure(SweepStopped):

@@ -54,6 +54,7 @@ from optuna.trial import TrialState
 from cnnsweep.errors import UserError
 from cnnsweep.files import MULTIRUN_FILE
 from cnnsweep.objectives import checked_directions
+from cnnsweep.packages import check_packages
 from cnnsweep.sweep.attrs import REASON
 from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
@@ -117,6 +118,8 @@ class StudySweeper:
         self.directions = checked_directions(self.objectives, self.direction)
         self.distributions, self.fixed_params = self._search_space(arguments)
         check_objectives(self.sampler, self.objectives)
+        # a sampler, launcher or logger whose package is missing: one line now, not a traceback mid-sweep
+        check_packages(OmegaConf.to_container(self.config, resolve=False), self.config.hydra.runtime.choices)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Unresolved, as Hydra saves each job's .hydra/: a storage URL read with ${oc.env:...} stays that text here.
         OmegaConf.save(self.config, self.sweep_dir / MULTIRUN_FILE)
@@ -188,7 +191,10 @@ class StudySweeper:
                 if asked is None or asked is WAIT:
                     return asked
                 study, trial = asked
-                overrides = configure_trial(trial, self.distributions, self.fixed_params, self.fixed_overrides)
+                try:
+                    overrides = configure_trial(trial, self.distributions, self.fixed_params, self.fixed_overrides)
+                except Exception as error:  # relative samplers (CMA-ES, GP, ...) draw at the first suggest
+                    raise self.claims.failed_draw(study, trial.number, error) from error
                 if self.budget.over_budget(study, trial, overrides):
                     continue
                 trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts

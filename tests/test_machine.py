@@ -56,6 +56,7 @@ def test_facts_name_this_machine_and_agree_with_the_kernels_cpu_flags():
 )
 def test_cpu_precision_follows_native_bf16(monkeypatch, instructions, setting, precision, reason, warned):
     monkeypatch.setattr(machine, "cpu_bf16_instructions", lambda: instructions)
+    monkeypatch.delenv(machine.SIMULATE_NATIVE_BF16, raising=False)  # the CPU as patched, not as simulated
     choice = choose_precision(setting, CPU)
     assert choice.precision == precision and choice.reason.startswith(reason)
     if warned:
@@ -63,6 +64,20 @@ def test_cpu_precision_follows_native_bf16(monkeypatch, instructions, setting, p
         assert "trainer.precision=auto picks fp32 here" in choice.warning
     else:
         assert choice.warning is None
+
+
+def test_native_bf16_can_be_simulated_where_the_cpu_emulates_it(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_bf16_instructions", lambda: None)  # an AVX2 CPU
+    monkeypatch.setenv(machine.SIMULATE_NATIVE_BF16, "1")
+    choice = choose_precision("auto", CPU)
+    assert (choice.precision, choice.reason) == (
+        "bf16",
+        "auto: the CPU has native bf16 (simulated: CNNSWEEP_NATIVE_BF16=1)",
+    )
+    assert choose_precision("bf16", CPU).warning is None  # as where bf16 is native
+    assert machine_facts(CPU)["cpu_bf16_instructions"] is None  # the figures' machine facts stay true
+    monkeypatch.setenv(machine.SIMULATE_NATIVE_BF16, "0")
+    assert choose_precision("auto", CPU).precision == "fp32"
 
 
 @pytest.mark.parametrize(("capability", "precision"), [((7, 0), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
@@ -77,6 +92,7 @@ def test_cuda_precision_follows_the_compute_capability(monkeypatch, capability, 
 
 def test_a_run_records_its_precision_its_reason_and_its_machine(tiny_mnist, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(machine, "cpu_bf16_instructions", lambda: None)  # a CPU that emulates bf16
+    monkeypatch.delenv(machine.SIMULATE_NATIVE_BF16, raising=False)
     with caplog.at_level(logging.INFO):
         train(compose_train(tiny_overrides(tiny_mnist)), tmp_path / "auto")
         train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path / "bf16")

@@ -9,8 +9,8 @@ from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
 from cnnsweep.files import METRICS_FILE
 from cnnsweep.objectives import resolve_objective
-from cnnsweep.train.data import to_unit
 from cnnsweep.tools.evaluate import eval_layout, trained_precision
+from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import autocast, evaluate
 from cnnsweep.train.run import train
 

@@ -6,12 +6,21 @@ and as the sweep's last stage (slow: each trains a few networks)."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import optuna
 import pytest
 import yaml
+from test_sweep import error_line, optuna_overrides
 
-from cnnsweep.files import BEST_FILE, CONFIRMATION_FILE
+from cnnsweep.files import BEST_FILE, CONFIRMATION_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, SUMMARY_FILE
 from cnnsweep.objectives import MAXIMIZE, MINIMIZE
+from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, REQUEUED
 from cnnsweep.sweep.confirmation import (
     BEST,
     BETTER,
@@ -25,8 +34,13 @@ from cnnsweep.sweep.confirmation import (
     winner_entry,
     write_confirmation,
 )
-from cnnsweep.sweep.noise import mean_interval, paired_difference
+from cnnsweep.sweep.confirming import confirm_study_name
+from cnnsweep.sweep.noise import confirmation_seeds, mean_interval, paired_difference
 from cnnsweep.sweep.results import write_confirmed
+from cnnsweep.tools import confirm as confirm_tool
+from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
+
+from helpers import load_study, read_trials, study_url, summary, tool, train_py
 
 
 def runs_of(trial: int, values: list[float], first_seed: int = 3, test: float = 0.99) -> list[SeedRun]:
@@ -133,3 +147,190 @@ def test_confirmation_csv_round_trips_and_the_yaml_gets_the_winner(tmp_path):
     assert winner["value"]["mean"] == pytest.approx(0.9925) and winner["value"]["n"] == 2
     assert winner["command"] == "python train.py optimizer.lr=0.2 seed=3"
     assert (tmp_path / CONFIRMATION_FILE).is_file()
+
+
+# The tiny sweep: 4 trials (lr, gamma, dropout by TPE) of 1 epoch, in the sweep's own process.
+TRIALS, TOP, SEEDS = 4, 2, 2
+
+
+def confirm_runs(sweep_dir: Path) -> dict[tuple[int, int], Path]:
+    """The confirmation run folders that finished, by (search trial, seed): <sweep>/confirm/<trial>/<seed>/."""
+    return {
+        (int(run.parent.name), int(run.name)): run
+        for run in sweep_dir.glob("confirm/*/*")
+        if (run / SUMMARY_FILE).is_file()
+    }
+
+
+def finished_at(runs: dict[tuple[int, int], Path]) -> dict[tuple[int, int], int]:
+    return {key: (run / SUMMARY_FILE).stat().st_mtime_ns for key, run in runs.items()}
+
+
+@pytest.mark.slow
+def test_a_sweep_confirms_its_best_on_fresh_seeds_as_its_last_stage(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    confirm = (f"hydra.sweeper.confirm.top={TOP}", f"hydra.sweeper.confirm.seeds={SEEDS}")
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, f"hydra.sweeper.n_trials={TRIALS}", *confirm))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    trials = read_trials(sweep_dir)
+    assert len(trials) == TRIALS and {row["state"] for row in trials} == {"COMPLETE"}
+    searched = sorted(trials, key=lambda row: -float(row["value"]))[:TOP]  # the search's best two
+    fresh = confirmation_seeds(0, 1, SEEDS)  # seed=0, one run per trial
+    assert {summary(row["run_dir"])["seed"] for row in trials} == {0} and 0 not in fresh
+    runs = confirm_runs(sweep_dir)
+    assert set(runs) == {(int(row["number"]), seed) for row in searched for seed in fresh}
+    for (number, seed), run in runs.items():
+        said = summary(run)
+        assert said["seed"] == seed and said["status"] == "completed"
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+        params = next(row for row in trials if int(row["number"]) == number)
+        assert f"seed={seed}" in overrides
+        assert f"optimizer.lr={params['optimizer.lr']}" in overrides  # the search trial's own configuration
+
+    # confirmation.csv, recomputed from the runs' summary.json files
+    rows = read_confirmation(sweep_dir)
+    assert [row["rank"] for row in rows] == [1, 2]
+    assert {row["trial"] for row in rows} == {int(row["number"]) for row in searched}
+    assert rows[0]["value_mean"] >= rows[1]["value_mean"]  # ranked by the objective over the fresh seeds
+    objective = {key: summary(run)["objective_value"] for key, run in runs.items()}
+    test_acc = {key: summary(run)["final_test_acc"] for key, run in runs.items()}
+    best = rows[0]["trial"]
+    for row in rows:
+        number = row["trial"]
+        assert row["objective"] == "val_acc" and row["seeds"] == fresh and row["n_seeds"] == SEEDS
+        value = mean_interval([objective[number, seed] for seed in fresh])
+        assert (row["value_mean"], row["value_sd"], row["value_low"], row["value_high"]) == pytest.approx(
+            (value.mean, value.sd, value.low, value.high)
+        )
+        tested = mean_interval([test_acc[number, seed] for seed in fresh])
+        assert (row["test_acc_mean"], row["test_acc_low"]) == pytest.approx((tested.mean, tested.low))
+        search_row = next(r for r in trials if int(r["number"]) == number)
+        assert row["search_value"] == pytest.approx(float(search_row["value"]))
+    difference = paired_difference(
+        {seed: objective[rows[1]["trial"], seed] for seed in fresh}, {seed: objective[best, seed] for seed in fresh}
+    )
+    assert (rows[1]["diff_mean"], rows[1]["diff_low"], rows[1]["diff_high"]) == pytest.approx(
+        (difference.mean, difference.low, difference.high)
+    )
+    assert rows[1]["verdict"] == ("tied" if difference.contains(0) else "worse")
+
+    # the confirmed winner in optimization_results.yaml; its command reproduces its first fresh seed's run
+    results = yaml.safe_load((sweep_dir / BEST_FILE).read_text())
+    winner = results["confirmed"]
+    assert winner["trial"] == best and winner["seeds"] == fresh
+    assert winner["value"]["mean"] == pytest.approx(rows[0]["value_mean"])
+    assert winner["run_dir"] == str(sweep_dir / "confirm" / str(best) / str(fresh[0]))
+    assert winner["command"].startswith("python train.py ") and winner["command"].endswith(f" seed={fresh[0]}")
+    assert results["best_trial"] == int(searched[0]["number"])  # the search's own answer stays
+    again = train_py(*winner["overrides"], f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr
+    redone, original = summary(tmp_path / "again"), summary(winner["run_dir"])
+    for figure in ("objective_value", "final_test_acc", "final_val_acc", "final_train_loss", "seed"):
+        assert redone[figure] == original[figure], figure
+
+    # the report prints the table and draws it
+    report = tool("report", sweep_dir)
+    assert report.returncode == 0, report.stderr
+    assert f"confirmed on fresh seeds {' '.join(map(str, fresh))}, ranked by val_acc" in report.stdout
+    table = report.stdout.split("confirmed on fresh seeds", 1)[1].splitlines()
+    assert table[1].split()[:3] == ["rank", "trial", "verdict"]
+    assert table[2].split()[:3] == ["1", str(best), "best"]
+    assert table[3].split()[:3] == ["2", str(rows[1]["trial"]), rows[1]["verdict"]]
+    assert f"{rows[0]['value_mean']:.4f} ± {rows[0]['value_sd']:.4f}" in table[2]
+    assert f"confirmed winner: trial {best}" in report.stdout and winner["command"] in report.stdout
+    assert (sweep_dir / CONFIRMATION_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_confirm_command_runs_only_what_is_missing(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
+    assert result.returncode == 0, result.stderr
+    assert not (sweep_dir / CONFIRMATION_FILE).exists()  # top 0, the default: no confirmation
+    command = [sys.executable, "-m", "cnnsweep.confirm", str(sweep_dir), "--top", "2", "--seeds", "1"]
+
+    # killed (-9, the whole process group) as its first run starts: that run is lost, the other never ran
+    worker = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(sweep_dir.glob("confirm/*/*/.hydra")) and time.time() < deadline:
+            time.sleep(0.05)
+        assert list(sweep_dir.glob("confirm/*/*/.hydra")), "no confirmation run started"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    confirm_study = optuna.load_study(study_name=confirm_study_name("test"), storage=study_url(sweep_dir))
+    before = finished_at(confirm_runs(sweep_dir))
+    assert len(before) < 2  # at most the run that was starting finished
+
+    resumed = tool("confirm", sweep_dir, "--top", 2, "--seeds", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    first = finished_at(confirm_runs(sweep_dir))
+    assert len(first) == 2 and all(first[key] == when for key, when in before.items())  # finished runs not redone
+    assert f"{2 - len(before)} of 2 runs to go" in resumed.stdout
+    trials = confirm_study.trials
+    assert sorted(
+        (t.user_attrs[CONFIRMS], t.user_attrs[CONFIRM_SEED]) for t in trials if t.state.name == "COMPLETE"
+    ) == sorted(first)
+    lost = [t for t in trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs.get(REQUEUED) for t in lost)  # the killed run: failed, and its copy ran
+    assert len(load_study(sweep_dir).trials) == 3  # the search did not go on
+
+    more = tool("confirm", sweep_dir, "--top", 2, "--seeds", 2)  # one more fresh seed: only its runs
+    assert more.returncode == 0, more.stderr
+    assert "2 of 4 runs to go" in more.stdout
+    second = finished_at(confirm_runs(sweep_dir))
+    assert len(second) == 4 and all(second[key] == when for key, when in first.items())
+    assert {seed for _, seed in second} == set(confirmation_seeds(0, 1, 2))
+    assert [row["n_seeds"] for row in read_confirmation(sweep_dir)] == [2, 2]
+
+    nothing = tool("confirm", sweep_dir, "--top", 2, "--seeds", 2)
+    assert nothing.returncode == 0 and "0 of 4 runs to go" in nothing.stdout
+    assert finished_at(confirm_runs(sweep_dir)) == second
+
+
+def fake_sweep(folder: Path, complete: int, running: int = 0, sweeper: str = TARGET) -> Path:
+    """A sweep folder with a multirun.yaml naming cnnsweep's sweeper and a study of made-up trials."""
+    folder.mkdir(parents=True)
+    config = {"hydra": {"sweeper": {"_target_": sweeper, "storage": "sqlite:///${hydra.sweep.dir}/optuna.db",
+                                    "study_name": "made_up"}, "sweep": {"dir": "elsewhere"}}}  # fmt: skip
+    (folder / MULTIRUN_FILE).write_text(yaml.safe_dump(config))
+    study = optuna.create_study(study_name="made_up", storage=study_url(folder), direction="maximize")
+    for value in range(complete):
+        study.add_trial(optuna.trial.create_trial(value=float(value)))
+    for _ in range(running):
+        study.ask()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (lambda tmp: tmp / "nowhere", ["--top", "2"], "is no sweep folder (it holds no multirun.yaml)"),
+        (lambda tmp: fake_sweep(tmp / "s", 3), ["--top", "0"], "--top 0: give at least 1"),
+        (lambda tmp: fake_sweep(tmp / "s", 3), ["--top", "2", "--seeds", "0"], "--seeds 0: give at least 1"),
+        (lambda tmp: fake_sweep(tmp / "s", 1), ["--top", "2"], "has 1 COMPLETE trials, fewer than --top 2"),
+        (lambda tmp: fake_sweep(tmp / "s", 3, running=1), ["--top", "2"], "still has trials [3] running or queued"),
+        (
+            lambda tmp: fake_sweep(tmp / "s", 3, sweeper="hydra_plugins.x.Y"),
+            ["--top", "2"],
+            "was not swept by cnnsweep",
+        ),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_before_any_run(tmp_path, capsys, make, args, message):
+    folder = make(tmp_path)
+    assert confirm_tool.main([str(folder), *args]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not list(tmp_path.rglob(CONFIRMATION_FILE)) and not list(tmp_path.rglob("confirm"))
+
+
+def test_a_sweep_with_bad_confirm_settings_is_refused_before_any_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.confirm.top=2", "hydra.sweeper.confirm.seeds=0")
+    )
+    assert "hydra.sweeper.confirm.seeds=0: confirming needs at least 1 fresh seed" in error_line(result, 2)
+    assert not list(sweep_dir.glob("[0-9]*"))  # no trial ran

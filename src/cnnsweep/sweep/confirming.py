@@ -108,8 +108,9 @@ class ConfirmationStage:
         self.stop_signal: Any = None
 
     def prepare(self) -> int:
-        """Pick the configurations, open the confirmation study and queue each (configuration, seed) not
-        yet confirmed; how many runs are queued."""
+        """Pick the configurations, open the confirmation study and queue each (configuration, seed) that
+        has no trial COMPLETE, waiting or running (one left running by a dead worker is queued again by the
+        lanes' claims); how many runs are still to finish."""
         rows, _ = study_rows(self.rdb.get_all_trials(self.sweeper.study_id), self.objectives)
         self.candidates = pick_candidates(rows, self.objectives, self.directions, self.top)
         check_enough(rows, self.candidates, self.top, self.sweeper.study_name)
@@ -122,29 +123,31 @@ class ConfirmationStage:
         if study.metric_names != self.objectives:
             study.set_metric_names(self.objectives)
         self.study_id = self.rdb.get_study_id_from_name(self.name)
-        covered = self.covered()
-        missing = [(c, seed) for c in self.candidates for seed in self.seeds if (c.number, seed) not in covered]
-        for candidate, seed in missing:
-            study.enqueue_trial(candidate.params, user_attrs={CONFIRMS: candidate.number, CONFIRM_SEED: seed})
+        wanted = [(c, seed) for c in self.candidates for seed in self.seeds]
+        covered = self.pairs(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        for candidate, seed in wanted:
+            if (candidate.number, seed) not in covered:
+                study.enqueue_trial(candidate.params, user_attrs={CONFIRMS: candidate.number, CONFIRM_SEED: seed})
         self.claims = TrialClaims(
             storage=self.rdb, lanes=self.lanes, study_id=self.study_id, study_name=self.name, sampler=self.sampler,
             pruner=self.pruner, seed=None, n_trials=n_counted(self.rdb.get_all_trials(self.study_id, deepcopy=False)),
             counts_over_budget=False,
         )  # fmt: skip
+        done = self.pairs(TrialState.COMPLETE)
+        to_go = sum((candidate.number, seed) not in done for candidate, seed in wanted)
         log.info(
             f"confirming trials {[c.number for c in self.candidates]} of study {self.sweeper.study_name!r} on the "
-            f"fresh seeds {self.seeds} (study {self.name!r}): {len(missing)} of "
-            f"{len(self.candidates) * len(self.seeds)} runs to go"
+            f"fresh seeds {self.seeds} (study {self.name!r}): {to_go} of {len(wanted)} runs to go"
         )
-        return len(missing)
+        return to_go
 
-    def covered(self) -> set[tuple[int, int]]:
-        """The (configuration, seed) pairs with a COMPLETE trial, or one waiting or running."""
-        live = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    def pairs(self, *states: TrialState) -> set[tuple[int, int]]:
+        """The (configuration, seed) pairs of the confirmation trials in `states` (a re-queued failure's
+        pair is its retry's)."""
         return {
             pair(trial)
             for trial in self.rdb.get_all_trials(self.study_id, deepcopy=False)
-            if trial.state in live and CONFIRMS in trial.user_attrs and not trial.user_attrs.get(REQUEUED)
+            if trial.state in states and CONFIRMS in trial.user_attrs and not trial.user_attrs.get(REQUEUED)
         }
 
     def stopping(self) -> bool:

@@ -334,3 +334,38 @@ def test_a_sweep_with_bad_confirm_settings_is_refused_before_any_trial(tiny_mnis
     )
     assert "hydra.sweeper.confirm.seeds=0: confirming needs at least 1 fresh seed" in error_line(result, 2)
     assert not list(sweep_dir.glob("[0-9]*"))  # no trial ran
+
+
+@pytest.mark.slow  # making an MLflow store takes about 20 s
+def test_the_mlflow_parent_run_gets_the_confirmed_winner(tmp_path, caplog):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from cnnsweep.track import MLflowSweepTracker, SweepTrackers
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowSweepTracker(tracking_uri=uri, experiment="confirm")
+    without = type("NoConfirmation", (), {"start": lambda self, *a: None, "end": lambda self, *a: None})()
+    trackers = SweepTrackers([tracker, without])
+    trackers.start(tmp_path / "sweep", "lr", ["maximize"], ["val_acc"])
+    trackers.end([{"number": 7, "values": [0.995], "params": {"optimizer.lr": 0.1}}])  # the search ends first
+    candidates = [Candidate(7, {"optimizer.lr": 0.1}, 0.995), Candidate(2, {"optimizer.lr": 0.2}, 0.993)]
+    confirmed = rank_confirmed(candidates, [*runs_of(7, [0.990, 0.994]), *runs_of(2, [0.9915, 0.9935])], MAXIMIZE)
+    entry = winner_entry(confirmed[0], confirmed, "val_acc", ["optimizer.lr=0.2", "seed=3"], None)
+    trackers.confirmed(entry)
+    assert trackers.failed == {} and trackers.loggers == [tracker, without]  # one without confirmed() is skipped
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(tracker.parent_id)
+    assert parent.info.status == "FINISHED"
+    metrics, tags = parent.data.metrics, parent.data.tags
+    assert metrics["best.trial"] == 7 and metrics["confirmed.trial"] == 2 and metrics["confirmed.n_seeds"] == 2
+    assert metrics["confirmed.val_acc.mean"] == pytest.approx(0.9925)
+    assert metrics["confirmed.val_acc.low"] == pytest.approx(confirmed[0].value.low)
+    assert metrics["confirmed.test_acc.mean"] == pytest.approx(0.9905)
+    assert (
+        tags["confirmed.optimizer.lr"] == "0.2"
+        and tags["confirmed.command"] == "python train.py optimizer.lr=0.2 seed=3"
+    )
+    saved = Path(client.download_artifacts(tracker.parent_id, "confirmed.json", str(tmp_path)))
+    assert yaml.safe_load(saved.read_text())["tied_with"] == [7]

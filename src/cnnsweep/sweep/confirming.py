@@ -33,7 +33,6 @@ from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, OVERRIDES, REASON, REQU
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.confirmation import (
     Candidate,
-    Confirmed,
     SeedRun,
     pick_candidates,
     rank_confirmed,
@@ -215,8 +214,9 @@ class ConfirmationStage:
         if outcome.state == TrialState.FAIL:
             self.policy.trial_failed(number, outcome.error, self.rdb.get_trial(trial_id).params)
 
-    def write_results(self) -> list[Confirmed]:
-        """confirmation.csv and optimization_results.yaml's `confirmed` from the runs finished so far."""
+    def write_results(self) -> dict[str, Any] | None:
+        """confirmation.csv and optimization_results.yaml's `confirmed` from the runs finished so far; that
+        entry (None before any run finished)."""
         done = self.complete_runs()
         runs = [run for run, _ in done.values()]
         confirmed = rank_confirmed(self.candidates, runs, self.directions[0])
@@ -229,7 +229,12 @@ class ConfirmationStage:
             run_dir = trial.user_attrs.get("run_dir")
             entry = winner_entry(winner, confirmed, self.objectives[0], overrides, Path(run_dir) if run_dir else None)
             write_confirmed(sweep_dir, entry)
-        return confirmed
+            log.info(
+                f"confirmed best so far: trial {winner.candidate.number}, {self.objectives[0]} {winner.value.mean:.4f} over "
+                f"{winner.value.n} fresh seeds (the search had {winner.candidate.search_value:.4f})"
+            )
+            return entry
+        return None
 
     def complete_runs(self) -> dict[tuple[int, int], tuple[SeedRun, FrozenTrial]]:
         """The COMPLETE confirmation runs of this confirmation's configurations and seeds, by (trial, seed)."""

@@ -169,7 +169,9 @@ class StudySweeper:
             stage.prepare()
             run_lanes(stage.lane, 1 if self.in_process else self.n_jobs)
         if not any(isinstance(error, DATABASE_ERRORS) for error in stage.policy.errors):
-            stage.write_results()
+            winner = stage.write_results()
+            if winner is not None:
+                self.trackers.confirmed(winner)  # MLflow's parent run
         if stage.policy.errors:
             raise stage.policy.errors[0]
         self.stop_signal.check()

@@ -12,15 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+from optuna.distributions import FloatDistribution
 from test_sweep import error_line, optuna_overrides
 
 from cnnsweep.files import BEST_FILE, CONFIRMATION_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, SUMMARY_FILE
 from cnnsweep.objectives import MAXIMIZE, MINIMIZE
-from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, REQUEUED
+from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, REASON, REQUEUED
 from cnnsweep.sweep.confirmation import (
     BEST,
     BETTER,
@@ -34,10 +38,12 @@ from cnnsweep.sweep.confirmation import (
     winner_entry,
     write_confirmation,
 )
-from cnnsweep.sweep.confirming import confirm_study_name
+from cnnsweep.sweep.confirming import ConfirmationStage, confirm_study_name
 from cnnsweep.sweep.noise import confirmation_seeds, mean_interval, paired_difference
 from cnnsweep.sweep.results import write_confirmed
+from cnnsweep.sweep.study import Lanes, open_storage
 from cnnsweep.tools import confirm as confirm_tool
+from cnnsweep.train.signals import Interrupted
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
 from helpers import load_study, read_trials, study_url, summary, tool, train_py
@@ -369,3 +375,71 @@ def test_the_mlflow_parent_run_gets_the_confirmed_winner(tmp_path, caplog):
     )
     saved = Path(client.download_artifacts(tracker.parent_id, "confirmed.json", str(tmp_path)))
     assert yaml.safe_load(saved.read_text())["tied_with"] == [7]
+
+
+def fake_sweeper(folder: Path, values: list[float]) -> SimpleNamespace:
+    """What a ConfirmationStage reads of its StudySweeper, over a SQLite study of made-up COMPLETE trials."""
+    distribution = FloatDistribution(0.001, 1.0, log=True)
+    study = optuna.create_study(study_name="made_up", storage=study_url(folder), direction="maximize")
+    for number, value in enumerate(values):
+        params = {"optimizer.lr": 0.01 * (number + 1)}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions={"optimizer.lr": distribution}, value=value)
+        )
+    storage = open_storage(study_url(folder))
+    return SimpleNamespace(
+        rdb=storage, lanes=Lanes(storage), study_name="made_up", study_id=storage.get_study_id_from_name("made_up"),
+        objectives=["val_acc"], directions=[MAXIMIZE], max_failure_rate=0.25, sweep_dir=folder,
+        config=OmegaConf.create({"seed": 10, "hydra": {"sweeper": {}, "launcher": {}}}),
+        distributions={"optimizer.lr": distribution}, fixed_params={}, fixed_overrides=["trainer.epochs=1"],
+    )  # fmt: skip
+
+
+class FakeLauncher:
+    """Jobs that return a made-up objective from their overrides (no training); `interrupt` jobs are stopped."""
+
+    def __init__(self, interrupt: int = 0) -> None:
+        self.launched: list[tuple[int, tuple[str, ...]]] = []
+        self.interrupt = interrupt
+
+    def __call__(self, overrides: tuple[str, ...], number: int) -> JobReturn:
+        self.launched.append((number, overrides))
+        if len(self.launched) <= self.interrupt:
+            return JobReturn(status=JobStatus.FAILED, _return_value=Interrupted(signal.SIGTERM))
+        given = dict(override.split("=", 1) for override in overrides)
+        value = 0.9 + float(given["optimizer.lr"]) + int(given["seed"]) / 1000
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=value)
+
+
+def test_the_stage_queues_each_configuration_and_seed_once_and_reruns_only_what_is_missing(tmp_path):
+    sweeper = fake_sweeper(tmp_path, [0.90, 0.95, 0.93])  # trials 1 and 2 are the best two
+    launcher = FakeLauncher(interrupt=1)  # the first job is stopped by SIGTERM: its run is queued again
+    stage = ConfirmationStage(sweeper, 2, 2, launcher)
+    assert stage.prepare() == 4 and stage.seeds == [11, 12]  # seed 10, one run per trial: 11 and 12 are fresh
+    stage.lane()
+    assert isinstance(stage.policy.errors[0], Interrupted) and len(launcher.launched) == 1
+    number, overrides = launcher.launched[0]
+    assert overrides == ("optimizer.lr=0.02", "trainer.epochs=1", "seed=11", "hydra.sweep.subdir=confirm/1/11")
+
+    again = ConfirmationStage(sweeper, 2, 2, launcher)
+    assert again.prepare() == 4  # nothing finished yet; the interrupted run was queued again, not twice
+    again.lane()
+    assert again.policy.errors == [] and len(launcher.launched) == 5
+    ran = sorted(o[-1] for _, o in launcher.launched[1:])
+    assert ran == [f"hydra.sweep.subdir=confirm/{t}/{s}" for t in (1, 2) for s in (11, 12)]
+    confirmed = again.write_results()
+    assert confirmed["trial"] == 2 and confirmed["seeds"] == [11, 12]  # lr 0.03 makes the larger made-up value
+    rows = read_confirmation(tmp_path)
+    assert [row["trial"] for row in rows] == [2, 1]
+    assert [row["value_mean"] for row in rows] == pytest.approx([0.9415, 0.9315])
+    assert rows[1]["diff_mean"] == pytest.approx(-0.01) and rows[1]["verdict"] == WORSE
+
+    # a (configuration, seed) queued twice (two workers at one moment) runs once; nothing else runs again
+    study = optuna.load_study(study_name=confirm_study_name("made_up"), storage=sweeper.rdb)
+    study.enqueue_trial({"optimizer.lr": 0.02}, user_attrs={CONFIRMS: 1, CONFIRM_SEED: 11})
+    last = ConfirmationStage(sweeper, 2, 2, launcher)
+    assert last.prepare() == 0
+    last.lane()
+    assert len(launcher.launched) == 5
+    extra = study.trials[-1]
+    assert extra.state.name == "FAIL" and extra.user_attrs[REASON].startswith("not run: trial ")

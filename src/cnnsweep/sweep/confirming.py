@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIRM_DIR
-from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, OVERRIDES, REASON, REQUEUED, SURPLUS
+from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, OVERRIDES, REASON, REQUEUED
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.confirmation import (
     Candidate,
@@ -178,8 +178,9 @@ class ConfirmationStage:
                 if asked is None or asked is WAIT:
                     return asked
                 _, trial = asked
-                if CONFIRMS not in trial.user_attrs:  # drawn by a racing worker, not queued: nothing to confirm
-                    self.set_aside(trial.number)
+                why_not = self.not_to_run(trial)
+                if why_not:
+                    self.set_aside(trial.number, why_not)
                     continue
                 return trial, self.overrides(trial)
             return None
@@ -193,9 +194,23 @@ class ConfirmationStage:
         kept = [override for override in drawn if override.split("=", 1)[0].lstrip("+~") != SEED_KEY]
         return (*kept, f"{SEED_KEY}={seed}", f"hydra.sweep.subdir={run_subdir(number, seed)}")
 
-    def set_aside(self, number: int) -> None:
+    def not_to_run(self, trial: optuna.Trial) -> str | None:
+        """Why an asked trial is not run: drawn, not queued (a racing worker's), or a (configuration, seed)
+        another trial already ran or runs (two workers that queued it at the same moment); else None."""
+        if CONFIRMS not in trial.user_attrs:
+            return "not a queued confirmation run"
+        mine = (int(trial.user_attrs[CONFIRMS]), int(trial.user_attrs[CONFIRM_SEED]))
+        for other in self.rdb.get_all_trials(
+            self.study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+        ):
+            if other.number != trial.number and CONFIRMS in other.user_attrs and pair(other) == mine:
+                return f"trial {other.number} runs the same configuration and seed"
+        return None
+
+    def set_aside(self, number: int, reason: str) -> None:
+        """FAIL an asked trial without running it; it still counts, so no other is asked in its place."""
         trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.rdb.set_trial_user_attr(trial_id, SURPLUS, True)
+        self.rdb.set_trial_user_attr(trial_id, REASON, f"not run: {reason}")
         self.rdb.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def finish(self, number: int, job: JobReturn) -> None:
@@ -230,8 +245,9 @@ class ConfirmationStage:
             entry = winner_entry(winner, confirmed, self.objectives[0], overrides, Path(run_dir) if run_dir else None)
             write_confirmed(sweep_dir, entry)
             log.info(
-                f"confirmed best so far: trial {winner.candidate.number}, {self.objectives[0]} {winner.value.mean:.4f} over "
-                f"{winner.value.n} fresh seeds (the search had {winner.candidate.search_value:.4f})"
+                f"confirmed best so far: trial {winner.candidate.number}, {self.objectives[0]} "
+                f"{winner.value.mean:.4f} over {winner.value.n} fresh seeds (the search had "
+                f"{winner.candidate.search_value:.4f})"
             )
             return entry
         return None

@@ -72,9 +72,8 @@ def pick_candidates(
 ) -> list[Candidate]:
     """The `top` best configurations of a study's table rows (results.study_rows): by the objective, or for
     several objectives the Pareto front's best by the first (all of the front when it is smaller)."""
-    return [Candidate(row["number"], row_params(row), row["value"]) for row in best_rows(rows, objectives, directions)][
-        :top
-    ]
+    best = best_rows(rows, objectives, directions)[:top]
+    return [Candidate(row["number"], row_params(row), row["value"]) for row in best]
 
 
 def rank_confirmed(candidates: Sequence[Candidate], runs: Sequence[SeedRun], direction: str) -> list[Confirmed]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers a sweep's multirun.yaml may use)
-from cnnsweep.errors import UserError
+from cnnsweep.errors import UserError, first_line
 from cnnsweep.files import MULTIRUN_FILE
 from cnnsweep.sweep.storage import shown_url
 from cnnsweep.sweep.study import n_counted, open_storage
@@ -54,7 +54,13 @@ def check_study(config: DictConfig, top: int) -> int:
     number of trials it counts toward n_trials (the search's size, which the confirmation keeps)."""
     from optuna.trial import TrialState
 
-    url, name = str(config.hydra.sweeper.storage), str(config.hydra.sweeper.study_name)
+    try:
+        url, name = str(config.hydra.sweeper.storage), str(config.hydra.sweeper.study_name)
+    except Exception as error:  # an ${oc.env:...} whose variable is not set here, say
+        raise UserError(
+            f"the sweep's hydra.sweeper.storage or study_name cannot be read ({first_line(error)}): set what it "
+            "names (e.g. the variable holding the storage URL) as the sweep had it"
+        ) from None
     storage = open_storage(url)
     try:
         study_id = storage.get_study_id_from_name(name)

@@ -296,11 +296,18 @@ def test_the_confirm_command_runs_only_what_is_missing(tiny_mnist, tmp_path):
     assert finished_at(confirm_runs(sweep_dir)) == second
 
 
-def fake_sweep(folder: Path, complete: int, running: int = 0, sweeper: str = TARGET) -> Path:
+def fake_sweep(
+    folder: Path,
+    complete: int,
+    running: int = 0,
+    sweeper: str = TARGET,
+    storage: str = "sqlite:///${hydra.sweep.dir}/optuna.db",
+    study_name: str = "made_up",
+) -> Path:
     """A sweep folder with a multirun.yaml naming cnnsweep's sweeper and a study of made-up trials."""
     folder.mkdir(parents=True)
-    config = {"hydra": {"sweeper": {"_target_": sweeper, "storage": "sqlite:///${hydra.sweep.dir}/optuna.db",
-                                    "study_name": "made_up"}, "sweep": {"dir": "elsewhere"}}}  # fmt: skip
+    config = {"hydra": {"sweeper": {"_target_": sweeper, "storage": storage, "study_name": study_name},
+                        "sweep": {"dir": "elsewhere"}}}  # fmt: skip
     (folder / MULTIRUN_FILE).write_text(yaml.safe_dump(config))
     study = optuna.create_study(study_name="made_up", storage=study_url(folder), direction="maximize")
     for value in range(complete):
@@ -322,6 +329,16 @@ def fake_sweep(folder: Path, complete: int, running: int = 0, sweeper: str = TAR
             lambda tmp: fake_sweep(tmp / "s", 3, sweeper="hydra_plugins.x.Y"),
             ["--top", "2"],
             "was not swept by cnnsweep",
+        ),
+        (
+            lambda tmp: fake_sweep(tmp / "s", 3, study_name="other"),
+            ["--top", "2"],
+            "study 'other' is not in sqlite:///",
+        ),
+        (
+            lambda tmp: fake_sweep(tmp / "s", 3, storage="${oc.env:CNNSWEEP_TEST_UNSET}"),
+            ["--top", "2"],
+            "Environment variable 'CNNSWEEP_TEST_UNSET' not found",
         ),
     ],
 )

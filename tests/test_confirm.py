@@ -460,3 +460,26 @@ def test_the_stage_queues_each_configuration_and_seed_once_and_reruns_only_what_
     assert len(launcher.launched) == 5
     extra = study.trials[-1]
     assert extra.state.name == "FAIL" and extra.user_attrs[REASON].startswith("not run: trial ")
+
+
+@pytest.mark.slow
+def test_a_multi_objective_sweep_confirms_its_front_ranked_by_the_first_objective(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = train_py(
+        *optuna_overrides(
+            tiny_mnist, sweep_dir, "objective=[val_acc,n_params]", "model.widths.6=choice(16,120)",
+            "hydra.sweeper.n_trials=4", "hydra.sweeper.confirm.top=3", "hydra.sweeper.confirm.seeds=1",
+        )
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    front = yaml.safe_load((sweep_dir / BEST_FILE).read_text())["pareto_front"]
+    rows = read_confirmation(sweep_dir)
+    assert {row["trial"] for row in rows} == {entry["number"] for entry in front[:3]}
+    for row in rows:  # one seed: a mean and no interval, ranked by val_acc
+        [seed] = row["seeds"]
+        assert (
+            row["value_mean"] == summary(sweep_dir / "confirm" / str(row["trial"]) / str(seed))["objectives"]["val_acc"]
+        )
+        assert row["value_low"] is None and row["objective"] == "val_acc"
+    assert [row["value_mean"] for row in rows] == sorted((row["value_mean"] for row in rows), reverse=True)
+    assert yaml.safe_load((sweep_dir / BEST_FILE).read_text())["confirmed"]["trial"] == rows[0]["trial"]

@@ -483,3 +483,17 @@ def test_a_multi_objective_sweep_confirms_its_front_ranked_by_the_first_objectiv
         assert row["value_low"] is None and row["objective"] == "val_acc"
     assert [row["value_mean"] for row in rows] == sorted((row["value_mean"] for row in rows), reverse=True)
     assert yaml.safe_load((sweep_dir / BEST_FILE).read_text())["confirmed"]["trial"] == rows[0]["trial"]
+
+
+def test_a_confirmation_job_is_told_by_its_folder_and_reports_to_no_search_trial():
+    from cnnsweep.sweep.trial import connect_trial, is_confirmation, trial_place
+
+    def job(subdir: str) -> OmegaConf:
+        sweeper = {"_target_": TARGET, "storage": "sqlite:///nowhere/never-opened.db", "study_name": "s"}
+        return OmegaConf.create(
+            {"sweeper": sweeper, "sweep": {"dir": "multirun/s", "subdir": subdir}, "job": {"num": 3}}
+        )
+
+    assert is_confirmation(job("confirm/7/12"))
+    assert not is_confirmation(job("3")) and not is_confirmation(job("3/1"))  # a trial's, a repeat's folder
+    assert connect_trial(job("confirm/7/12")) is None and trial_place(job("confirm/7/12")) is None

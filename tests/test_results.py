@@ -119,7 +119,7 @@ def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
 
 
 BENCH = REPO / "results" / "bench"
-MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs the speed figures in docs/performance.md come from
+MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs of docs/performance.md's figures
 
 
 def stored(machine: str, name: str) -> dict:

@@ -3,6 +3,7 @@
     <run>/metrics.csv, summary.json, checkpoints/{last,best}.pt, .hydra/{config,overrides}.yaml
     <sweep>/multirun.yaml (Hydra's), optuna.db (the default study storage), trials.csv,
             optimization_results.yaml, and one run folder per trial: <sweep>/<trial number>/
+            confirmation.csv and, for a confirmation's runs, <sweep>/confirm/<trial number>/<seed>/
 
 A module with no imports, so that the Hydra plugin can name the study's file without loading torch.
 """
@@ -21,3 +22,6 @@ MULTIRUN_FILE = "multirun.yaml"
 STUDY_DB = "optuna.db"
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "optimization_results.yaml"
+CONFIRMATION_FILE = "confirmation.csv"  # the confirmed configurations, best first (cnnsweep.sweep.confirmation)
+CONFIRMATION_PLOT = "confirmation.png"  # their intervals, drawn by the report
+CONFIRM_DIR = "confirm"  # <sweep>/confirm/<trial>/<seed>/: one configuration's run on one fresh seed

@@ -10,6 +10,8 @@ OVER_BUDGET = "over_budget"  # the drawn model was over budget.max_params, so it
 OVERRIDES = "overrides"  # the task overrides the trial's job ran with
 REQUEUED = "requeued"  # this FAILed trial's parameters were queued again
 SURPLUS = "surplus"  # asked beyond n_trials by a racing worker, never run
+CONFIRMS = "confirms"  # a confirmation trial: the number of the search trial whose configuration it re-trains
+CONFIRM_SEED = "confirm_seed"  # a confirmation trial: the fresh seed it trains on
 
 # System attrs
 OWNER = "cnnsweep:owner"  # "host:pid" of the sweep process running the trial

@@ -105,6 +105,17 @@ def pareto_rows(
     return sorted(front, key=lambda row: (-signs[0] * row["value"], row["number"]))
 
 
+def best_rows(
+    rows: Sequence[dict[str, Any]], objectives: Sequence[str], directions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The COMPLETE rows best first by the objective; for several objectives, the Pareto front's rows
+    best first by the first objective."""
+    if len(objectives) > 1:
+        return pareto_rows(rows, objectives, directions)
+    sign = 1 if directions[0] == MAXIMIZE else -1
+    return sorted(complete_rows(rows), key=lambda row: (-sign * row["value"], row["number"]))
+
+
 def write_results(
     sweep_dir: Path,
     rows: Sequence[dict[str, Any]],
@@ -135,6 +146,16 @@ def write_results(
         results["pareto_front"] = [trial_entry(row, objectives, overrides) for row in best]
     write_text(sweep_dir / BEST_FILE, yaml.safe_dump(results, sort_keys=False))
     return best
+
+
+def write_confirmed(sweep_dir: Path, entry: dict[str, Any]) -> None:
+    """Add the confirmed winner (cnnsweep.sweep.confirmation.winner_entry) to optimization_results.yaml as
+    `confirmed`. The search's own results stay as they are; a sweep that writes them again without a
+    confirmation stage drops it (confirmation.csv stays)."""
+    path = sweep_dir / BEST_FILE
+    results = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    results["confirmed"] = entry
+    write_text(path, yaml.safe_dump(results, sort_keys=False))
 
 
 def count_states(rows: Sequence[dict[str, Any]]) -> dict[str, int]:

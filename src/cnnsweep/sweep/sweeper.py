@@ -24,13 +24,16 @@ What it adds to the released sweeper (whose config and search-space parsing it r
   submitit does not restart a timed-out job from its first epoch;
 - a database briefly unreachable is waited for (cnnsweep.sweep.storage), and given up in one line;
 - a sweep that stops early (a shared failure, too many failures, Ctrl-C, a bad setting, the database)
-  says why in one line, with the path of trials.csv, and exits non-zero.
+  says why in one line, with the path of trials.csv, and exits non-zero;
+- with `confirm.top=N`, its last stage re-trains the N best configurations on `confirm.seeds` fresh seeds
+  and ranks them with intervals (confirming.py).
 
 StudySweeper is the loop; each of its jobs has a module:
     claims.py    ask the study for this worker's next trial, claim it, wait for other workers
     budget.py    hold each drawn trial to budget.max_params before its job starts
     outcomes.py  what a trial's job came to: COMPLETE with its values, PRUNED or FAIL with the reason
     endings.py   the failure policy, the results files, the one line a stopped sweep ends with
+    confirming.py  the last stage: the best configurations on fresh seeds (confirmation.py: their analysis)
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from cnnsweep.packages import check_packages
 from cnnsweep.sweep.attrs import REASON
 from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
+from cnnsweep.sweep.confirming import ConfirmationStage, confirm_settings
 from cnnsweep.sweep.endings import FailurePolicy, ending_line, write_sweep_results
 from cnnsweep.sweep.outcomes import JobLost, job_outcome, tell
 from cnnsweep.sweep.results import row_params, row_values, sweep_objectives
@@ -88,6 +92,7 @@ class StudySweeper:
         heartbeat_interval: int,
         grace_period: int | None,
         custom_search_space: str | None = None,
+        confirm: Any = None,
     ) -> None:
         if custom_search_space:
             raise UserError(
@@ -100,6 +105,7 @@ class StudySweeper:
         self.params = params
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.confirm = confirm  # hydra.sweeper.confirm: {top, seeds}
         self.sweep_dir: Path | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -120,6 +126,7 @@ class StudySweeper:
         check_objectives(self.sampler, self.objectives)
         # a sampler, launcher or logger whose package is missing: one line now, not a traceback mid-sweep
         check_packages(OmegaConf.to_container(self.config, resolve=False), self.config.hydra.runtime.choices)
+        self.confirm_top, self.confirm_seeds = confirm_settings(self.confirm, self.distributions)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Unresolved, as Hydra saves each job's .hydra/: a storage URL read with ${oc.env:...} stays that text here.
         OmegaConf.save(self.config, self.sweep_dir / MULTIRUN_FILE)
@@ -150,6 +157,26 @@ class StudySweeper:
                                 "params": row_params(row)} for row in best])  # fmt: skip
         if self.policy.errors:
             raise self.policy.errors[0]
+        self.stop_signal.check()
+        if self.confirm_top:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        """The sweep's last stage: its best configurations re-trained on fresh seeds (cnnsweep.sweep.confirming)."""
+        stage = ConfirmationStage(
+            self, self.confirm_top, self.confirm_seeds,
+            lambda overrides, number: launch_job(self.launcher, overrides, number, self.in_process),
+        )  # fmt: skip
+        with stop_requests() as self.stop_signal:
+            stage.stop_signal = self.stop_signal
+            stage.prepare()
+            run_lanes(stage.lane, 1 if self.in_process else self.n_jobs)
+        if not any(isinstance(error, DATABASE_ERRORS) for error in stage.policy.errors):
+            winner = stage.write_results()
+            if winner is not None:
+                self.trackers.confirmed(winner)  # MLflow's parent run
+        if stage.policy.errors:
+            raise stage.policy.errors[0]
         self.stop_signal.check()
 
     def ending(self, error: BaseException) -> tuple[str, int] | None:

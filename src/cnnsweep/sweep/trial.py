@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
+from cnnsweep.files import CONFIRM_DIR
 from cnnsweep.sweep.study import open_storage
 from cnnsweep.track import SweepInfo
 
@@ -48,8 +49,8 @@ def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | None:
     from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import PRUNER_TARGETS
 
     sweeper = cnnsweep_sweeper(hydra_cfg)
-    if sweeper is None:
-        return None
+    if sweeper is None or is_confirmation(hydra_cfg):
+        return None  # (a confirmation run is never pruned)
     number = int(hydra_cfg.job.num)
     storage = open_storage(sweeper.storage)
     pruner = make(sweeper.pruner, _execution_whitelist_=PRUNER_TARGETS) if sweeper.get("pruner") else None
@@ -70,12 +71,18 @@ def cnnsweep_sweeper(hydra_cfg: DictConfig) -> Any:
     return sweeper if sweeper is not None and sweeper.get("_target_") == TARGET else None
 
 
+def is_confirmation(hydra_cfg: DictConfig) -> bool:
+    """Whether the job is a confirmation run (cnnsweep.sweep.confirming), told by its folder: <sweep>/confirm/...
+    Its job number is its confirmation trial's, not a search trial's."""
+    return str(hydra_cfg.sweep.get("subdir", "")).split("/", 1)[0] == CONFIRM_DIR
+
+
 def trial_place(hydra_cfg: DictConfig) -> SweepInfo | None:
     """Where this job's run belongs, for the experiment trackers: its sweep folder, study, trial number
     and the values the sampler drew for it; None when the job is not a cnnsweep Optuna trial."""
     sweeper = cnnsweep_sweeper(hydra_cfg)
-    if sweeper is None:
-        return None
+    if sweeper is None or is_confirmation(hydra_cfg):
+        return None  # (a confirmation run is tracked as a run of its own)
     number = int(hydra_cfg.job.num)
     storage = open_storage(sweeper.storage)
     study_id = storage.get_study_id_from_name(sweeper.study_name)

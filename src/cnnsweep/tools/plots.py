@@ -179,3 +179,36 @@ def pareto_front(
     axes.grid(alpha=0.3)
     axes.legend()
     return save_figure(figure, path)
+
+
+def confirmation(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """A confirmation (confirmation.csv's rows, best first): each configuration's objective and test accuracy
+    over the fresh seeds as a point with its 95% interval, and what the search had measured for it (a ring:
+    the best of many single draws lies above its confirmed mean, the winner's curse)."""
+    objective = rows[0]["objective"]
+    scale = 100 if is_accuracy(objective) else 1  # accuracies in percent, as the other plots show them
+    labels = [f"trial {row['trial']} ({row['verdict']})" for row in rows]
+    places = np.arange(len(rows))[::-1]  # the best at the top
+    figure, panels = plt.subplots(1, 2, figsize=(10, 1.6 + 0.5 * len(rows)), sharey=True)
+    for axes, prefix, name, color in ((panels[0], "value", objective, "tab:orange"),
+                                      (panels[1], "test_acc", "test_acc", "tab:green")):  # fmt: skip
+        means = [row[f"{prefix}_mean"] for row in rows]
+        if any(mean is None for mean in means):
+            continue
+        unit = 100 if prefix == "test_acc" else scale
+        lows = [row[f"{prefix}_low"] if row[f"{prefix}_low"] is not None else row[f"{prefix}_mean"] for row in rows]
+        highs = [row[f"{prefix}_high"] if row[f"{prefix}_high"] is not None else row[f"{prefix}_mean"] for row in rows]
+        centre = unit * np.array(means)
+        bars = [centre - unit * np.array(lows), unit * np.array(highs) - centre]
+        axes.errorbar(centre, places, xerr=bars, fmt="o", color=color, capsize=4, label="mean, 95% interval")
+        if prefix == "value":
+            searched = [unit * row["search_value"] for row in rows]
+            axes.scatter(searched, places, facecolors="none", edgecolors="black", label="the search's value")
+        percent = " (%)" if unit == 100 else ""
+        axes.set(xlabel=f"{name}{percent}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
+    panels[0].set_yticks(places, labels)
+    seeds = " ".join(map(str, rows[0]["seeds"]))
+    figure.suptitle(f"confirmed on seeds {seeds}: ranked by {objective}, test accuracy reported only", y=1.08)
+    return save_figure(figure, path)

@@ -3,10 +3,10 @@
 PATH is a run folder, a sweep folder, or any tree of them (outputs/, multirun/). The command prints
 one table of every run found (objective, test accuracy, parameters, epochs, duration, state and the
 overrides that tell the runs apart, best first), the mean and spread of runs that differ only in
-their seed, and, for each sweep, its trials by state and its best trial. It writes PNGs beside the
-data: learning_curves.png in each run folder; for each sweep, Optuna's plots (optimisation history,
-intermediate values, objective against each parameter, parameter importances) and accuracy against
-parameter count.
+their seed, and, for each sweep, its trials by state, its best trial and its confirmation on fresh
+seeds (confirmation.csv). It writes PNGs beside the data: learning_curves.png in each run folder; for
+each sweep, Optuna's plots (optimisation history, intermediate values, objective against each
+parameter, parameter importances), accuracy against parameter count, and confirmation.png.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import yaml
 
 from cnnsweep.artifacts import RunFolder, RunStatus, parse_value, read_csv
 from cnnsweep.errors import UserError
-from cnnsweep.files import BEST_FILE, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
+from cnnsweep.files import BEST_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
+from cnnsweep.sweep.confirmation import read_confirmation
 from cnnsweep.sweep.results import (
     best_row,
     count_states,
@@ -165,6 +166,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
         "pareto_front": pareto_rows(rows, objectives, directions) if several else None,
         "rows": rows,
         "study": None if several else study if study is not None else rows_study(rows, directions[0]),
+        "confirmation": read_confirmation(sweep_dir),
     }
 
 
@@ -216,6 +218,8 @@ def write_plots(runs: Sequence[RunFolder], sweeps: Sequence[dict[str, Any]]) -> 
                     sweep["max_params"] if N_PARAMS in sweep["objectives"] else None, sweep_dir / "pareto_front.png",
                 )
             )  # fmt: skip
+        if sweep["confirmation"]:
+            written.append(plots.confirmation(sweep["confirmation"], sweep_dir / CONFIRMATION_PLOT))
         if any(row["state"] == COMPLETE and row.get("n_params") for row in sweep["rows"]):
             written.append(plots.accuracy_vs_params(sweep["rows"], sweep_dir / "accuracy_vs_params.png"))
     return written
@@ -265,7 +269,49 @@ def format_sweep(sweep: dict[str, Any]) -> str:
             values = ", ".join(f"{name} {_cell(name, row[f'value_{name}'])}" for name in sweep["objectives"])
             test_acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
             lines.append(f"    trial {row['number']}: {values}, test_acc {test_acc}, {row.get('run_dir')}")
+    if sweep["confirmation"]:
+        lines.append(format_confirmation(sweep["confirmation"], results.get("confirmed") or {}))
     return "\n".join(lines)
+
+
+CONFIRMATION_COLUMNS = ("rank", "trial", "verdict", "n", "mean ± sd", "95% interval", "vs best (paired)",
+                        "test_acc mean ± sd", "test_acc 95% interval", "search")  # fmt: skip
+
+
+def format_confirmation(rows: Sequence[dict[str, Any]], winner: dict[str, Any]) -> str:
+    """A confirmation's table (confirmation.csv, best first) and the command that reproduces its winner."""
+    objective = rows[0]["objective"]
+    lines = [
+        f"  confirmed on fresh seeds {' '.join(map(str, rows[0]['seeds']))}, ranked by {objective} (test_acc "
+        "reported, never used to choose; tied: the data cannot tell it from the best):"
+    ]
+    cells = [list(CONFIRMATION_COLUMNS)]
+    for row in rows:
+        diff = "-" if row["diff_mean"] is None else f"{_signed(row['diff_mean'])} [{_interval(row, 'diff')}]"
+        cells.append([
+            str(row["rank"]), str(row["trial"]), row["verdict"], str(row["n_seeds"]),
+            f"{_figure(row['value_mean'])} ± {_figure(row['value_sd'])}", _interval(row, "value"), diff,
+            f"{_figure(row['test_acc_mean'])} ± {_figure(row['test_acc_sd'])}", _interval(row, "test_acc"),
+            _figure(row["search_value"]),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in cells) for i in range(len(CONFIRMATION_COLUMNS))]
+    lines += ["    " + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
+    if command := winner.get("command"):
+        lines.append(f"  confirmed winner: trial {winner['trial']}; rerun its seed {winner['seeds'][0]}: {command}")
+    return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _interval(row: dict[str, Any], prefix: str) -> str:
+    low, high = row[f"{prefix}_low"], row[f"{prefix}_high"]
+    return "-" if low is None or high is None else f"{low:.4f}, {high:.4f}"
 
 
 def build(

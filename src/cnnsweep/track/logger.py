@@ -96,8 +96,11 @@ class Guarded:
         self.loggers = list(trackers)
         self.failed: dict[str, str] = {}  # tracker name -> the warning it caused
 
-    def _each(self, method: str, *args: Any) -> None:
+    def _each(self, method: str, *args: Any, optional: bool = False) -> None:
+        """Call `method` on each tracker (an `optional` one only on the trackers that have it)."""
         for logger in list(self.loggers):
+            if optional and not hasattr(logger, method):
+                continue
             try:
                 getattr(logger, method)(*args)
             except Exception as error:  # noqa: BLE001 -- any tracker failure: warn once, keep training
@@ -130,7 +133,8 @@ class SweepTrackers(Guarded):
     trials that never ran: over budget, failed before their job) and the best trials at the end.
 
     Each tracker object has start(sweep_dir, study_name, directions, metric_names), trial_ended(number,
-    state, params, values, run_dir) and end(best_trials) (see cnnsweep.track.mlflow.MLflowSweepTracker).
+    state, params, values, run_dir) and end(best_trials), and may have confirmed(winner), told after a
+    confirmation on fresh seeds (see cnnsweep.track.mlflow.MLflowSweepTracker).
     """
 
     def __init__(self, trackers: Iterable[Any] = ()) -> None:
@@ -151,6 +155,10 @@ class SweepTrackers(Guarded):
 
     def end(self, best_trials: list[Mapping[str, Any]]) -> None:
         self._each("end", best_trials)
+
+    def confirmed(self, winner: Mapping[str, Any]) -> None:
+        """Pass on a confirmation's winner to the trackers that take one (an optional `confirmed(winner)`)."""
+        self._each("confirmed", winner, optional=True)
 
 
 def build_loggers(config: Mapping[str, Any] | None) -> Loggers:

@@ -300,3 +300,21 @@ class MLflowSweepTracker:
                 self.client.set_tag(self.parent_id, f"best.{key}", str(value))
         self.client.log_dict(self.parent_id, {"best_trials": front}, "best_trials.json")
         self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def confirmed(self, winner: Mapping[str, Any]) -> None:
+        """Record a confirmation's winner on the parent run (after end(): a confirmation is the sweep's last
+        stage, or a later command). `winner` is optimization_results.yaml's `confirmed` entry
+        (cnnsweep.sweep.confirmation.winner_entry): its trial and seed count as metrics (`confirmed.trial`,
+        `confirmed.n_seeds`), its objective's and test accuracy's mean, sd and interval bounds as metrics
+        (`confirmed.<objective>.mean`, ...), its params and command as tags (`confirmed.<param>`,
+        `confirmed.command`), and the whole entry as confirmed.json."""
+        figures: dict[str, Any] = {"confirmed.trial": winner["trial"], "confirmed.n_seeds": len(winner["seeds"])}
+        for name, interval in ((winner["objective"], winner["value"]), ("test_acc", winner.get("test_acc"))):
+            for key, value in (interval or {}).items():
+                if key != "n":
+                    figures[f"confirmed.{name}.{key}"] = value
+        log_metrics(self.client, self.parent_id, figures)
+        for key, value in winner["params"].items():
+            self.client.set_tag(self.parent_id, f"confirmed.{key}", str(value))
+        self.client.set_tag(self.parent_id, "confirmed.command", mask_password(winner["command"]))
+        self.client.log_dict(self.parent_id, dict(winner), "confirmed.json")

@@ -112,6 +112,16 @@ class GridConf(GridSamplerConfig):
 
 
 @dataclass
+class ConfirmConf:
+    """`hydra.sweeper.confirm`: the sweep's last stage re-trains its `top` best configurations (a multi-objective
+    study: the `top` of its Pareto front best by the first objective) on `seeds` fresh seeds and ranks them
+    with intervals (confirmation.csv; README, Noise). top 0: no confirmation."""
+
+    top: int = 0
+    seeds: int = 5
+
+
+@dataclass
 class CnnsweepSweeperConf(OptunaSweeperConf):
     _target_: str = TARGET
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
@@ -131,6 +141,7 @@ class CnnsweepSweeperConf(OptunaSweeperConf):
     max_failure_rate: float = 0.25
     heartbeat_interval: int = 60  # seconds between "still running" marks on each running trial
     grace_period: Optional[int] = None  # seconds without a mark before a trial counts as lost (2x interval)
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
     # (Each job's trial number is its hydra.job.num: the sweeper launches trial N as job N. Hydra 1.4 lets no
     # job change hydra.sweeper.*, so it can no longer be a per-job override.)
 

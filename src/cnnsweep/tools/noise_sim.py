@@ -1,14 +1,17 @@
 """Which strategy chooses better when the true differences are smaller than one run's noise: a simulation.
 
-    python -m cnnsweep.tools.noise_sim [--sweeps S] [--runs B] [--seed X] [--out DIR]
+    python -m cnnsweep.noise_sim [--sweeps S] [--runs B] [--seed X] [--out DIR]
 
 Many simulated sweeps over the search space of conf/hparams_search/lr_gamma_dropout.yaml (learning rate,
-StepLR's gamma, dropout), each spending the same B training runs three ways:
+StepLR's gamma, dropout), each spending the same B training runs in each of these ways:
 
 - single:  B trials on one seed each; the winner is the best single value (what a sweep did before repeats).
 - repeats: B/K trials, each the mean of K seeds (`hydra.sweeper.repeats=K`); the winner is the best mean.
 - confirm: B - N*M single-seed trials, then the top N on M fresh seeds (`python -m cnnsweep.confirm`); the
            winner is the best confirmed mean.
+- repeats_splits, confirm_splits: the same, but each repeat (each confirmation run) is validated on a
+           validation split of its own (as if `data.split_seed` changed with the seed), which neither
+           `hydra.sweeper.repeats` nor `cnnsweep.confirm` does: what varying the split would buy.
 
 The samplers are Optuna's own, driven through ask/tell as the sweeper drives them: cnnsweep's TPE (its
 TPEConf: multivariate, constant_liar, seeded and reseeded per trial as sweep/claims.py does), each trial
@@ -75,7 +78,7 @@ from cnnsweep.sweep.samplers import configure_trial, reseed, search_space
 SEARCH_FILE = CONF_DIR / "hparams_search" / "lr_gamma_dropout.yaml"
 TABLE_FILE = "noise_sim.csv"
 STUDY_NAME = "noise_sim"  # the name the sampler is reseeded with, as a sweep's study name
-STRATEGIES = ("single", "repeats", "confirm")
+STRATEGIES = ("single", "repeats", "confirm", "repeats_splits", "confirm_splits")
 SAMPLERS = ("tpe", "random")
 
 
@@ -154,41 +157,61 @@ class World:
 
     def __init__(self, landscape: Landscape, noise: Noise, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        dims = len(landscape.distributions)
-        self.landscape, self.noise = landscape, noise
-        self.val_split = SplitDeviation(noise.val_split_sd, noise.split_shared, noise.split_length, dims, rng)
-        self.test_split = SplitDeviation(noise.test_split_sd, noise.split_shared, noise.split_length, dims, rng)
+        self.landscape, self.noise, self.seed = landscape, noise, seed
+        self.dims = len(landscape.distributions)
+        self.val_splits = {
+            0: SplitDeviation(noise.val_split_sd, noise.split_shared, noise.split_length, self.dims, rng)
+        }
+        self.test_split = SplitDeviation(noise.test_split_sd, noise.split_shared, noise.split_length, self.dims, rng)
+
+    def val_split(self, split: int) -> SplitDeviation:
+        """Validation split number `split`: 0 is the sweep's (data.split_seed), any other a fresh one,
+        independent of it (other images held out)."""
+        if split not in self.val_splits:
+            rng = np.random.default_rng([self.seed, split])
+            noise = self.noise
+            self.val_splits[split] = SplitDeviation(
+                noise.val_split_sd, noise.split_shared, noise.split_length, self.dims, rng
+            )
+        return self.val_splits[split]
 
     def truth(self, params: dict[str, float]) -> float:
         return self.landscape.truth(params)
 
-    def val_truth(self, params: dict[str, float]) -> float:
-        """The mean over infinitely many seeds on this validation split: what repeats converge to."""
-        return self.truth(params) + self.val_split(self.landscape.unit(params))
+    def val_truth(self, params: dict[str, float], split: int = 0) -> float:
+        """The mean over infinitely many seeds on validation split `split`: what repeats on it converge to."""
+        return self.truth(params) + self.val_split(split)(self.landscape.unit(params))
 
     def test_truth(self, params: dict[str, float]) -> float:
         return self.truth(params) + self.test_split(self.landscape.unit(params))
 
-    def run(self, params: dict[str, float], rng: np.random.Generator) -> tuple[float, float]:
-        """One training run on one seed: its (validation, test) accuracy."""
-        val = self.val_truth(params) + self.noise.val_seed_sd * rng.standard_normal()
+    def run(self, params: dict[str, float], split: int, rng: np.random.Generator) -> tuple[float, float]:
+        """One training run on one seed, validated on split `split`: its (validation, test) accuracy."""
+        val = self.val_truth(params, split) + self.noise.val_seed_sd * rng.standard_normal()
         test = self.test_truth(params) + self.noise.test_seed_sd * rng.standard_normal()
         return val, test
 
 
 @dataclass
 class Candidate:
-    """A configuration with the runs it trained: their validation and test accuracies."""
+    """A configuration with the runs it trained: their validation splits, validation and test accuracies."""
 
     params: dict[str, float]
+    splits: list[int] = field(default_factory=list)
     vals: list[float] = field(default_factory=list)
     tests: list[float] = field(default_factory=list)
 
-    def train(self, world: World, seeds: int, rng: np.random.Generator) -> None:
-        for _ in range(seeds):
-            val, test = world.run(self.params, rng)
+    def train(self, world: World, splits: Sequence[int], rng: np.random.Generator) -> None:
+        """One run (on a new seed) for each entry of `splits`, validated on that split."""
+        for split in splits:
+            val, test = world.run(self.params, split, rng)
+            self.splits.append(split)
             self.vals.append(val)
             self.tests.append(test)
+
+    def val_truth(self, world: World) -> float:
+        """What the mean of its validation figures converges to over seeds: f + the mean d of its splits."""
+        return statistics.fmean(world.val_truth(self.params, split) for split in self.splits)
 
     @property
     def value(self) -> float:
@@ -197,21 +220,34 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Plan:
-    """How a strategy spends its runs: trials x repeats, then the top `top` confirmed on `seeds` fresh seeds."""
+    """How a strategy spends its runs: trials x repeats, then the top `top` confirmed on `seeds` fresh seeds;
+    with `fresh_splits`, each repeat (each confirmation run) is validated on a split of its own."""
 
     name: str
     trials: int
     repeats: int = 1
     top: int = 0
     seeds: int = 0
+    fresh_splits: bool = False
 
     @property
     def runs(self) -> int:
         return self.trials * self.repeats + self.top * self.seeds
 
+    @property
+    def repeat_splits(self) -> list[int]:
+        """Each repeat's split: the sweep's for all, or splits 0..K-1 (the same K for every trial)."""
+        return list(range(self.repeats)) if self.fresh_splits else [0] * self.repeats
+
+    @property
+    def confirm_splits(self) -> list[int]:
+        """Each confirmation run's split: the sweep's, or fresh ones the search never validated on."""
+        return list(range(1, self.seeds + 1)) if self.fresh_splits else [0] * self.seeds
+
 
 def plans(runs: int, repeats: int, top: int, seeds: int) -> list[Plan]:
-    """The three strategies at `runs` runs each (repeats' trials round down: it may spend a few runs less)."""
+    """The strategies at `runs` runs each, in STRATEGIES' order (repeats' trials round down: they may spend a
+    few runs less)."""
     if runs < repeats or runs - top * seeds < top or min(repeats, top, seeds) < 1:
         raise UserError(
             f"--runs {runs} cannot hold --repeats {repeats} or --top {top} x --confirm-seeds {seeds} "
@@ -221,6 +257,8 @@ def plans(runs: int, repeats: int, top: int, seeds: int) -> list[Plan]:
         Plan("single", runs),
         Plan("repeats", runs // repeats, repeats=repeats),
         Plan("confirm", runs - top * seeds, top=top, seeds=seeds),
+        Plan("repeats_splits", runs // repeats, repeats=repeats, fresh_splits=True),
+        Plan("confirm_splits", runs - top * seeds, top=top, seeds=seeds, fresh_splits=True),
     ]
 
 
@@ -254,7 +292,7 @@ def search(
         reseed(sampler, seed, STUDY_NAME, trial.number)
         configure_trial(trial, distributions, {}, [])
         candidate = Candidate(dict(trial.params))
-        candidate.train(world, plan.repeats, rng)
+        candidate.train(world, plan.repeat_splits, rng)
         study.tell(trial, candidate.value)
         candidates.append(candidate)
     return candidates
@@ -271,7 +309,7 @@ def choose(
         top = sorted(candidates, key=lambda c: c.value, reverse=True)[: plan.top]
         candidates = [Candidate(c.params) for c in top]  # the search's runs are left out of the confirmed figure
         for candidate in candidates:
-            candidate.train(world, plan.seeds, rng)
+            candidate.train(world, plan.confirm_splits, rng)
     return max(candidates, key=lambda c: c.value), searched_best
 
 
@@ -289,11 +327,7 @@ METRICS = (
 
 def outcome(world: World, winner: Candidate, searched_best: float) -> dict[str, float | None]:
     """What one sweep's choice came to, against the truths (coverage 1/0, None where there is no interval)."""
-    truth, val_truth, test_truth = (
-        world.truth(winner.params),
-        world.val_truth(winner.params),
-        world.test_truth(winner.params),
-    )
+    truth, val_truth, test_truth = world.truth(winner.params), winner.val_truth(world), world.test_truth(winner.params)
     val, test = mean_interval(winner.vals), mean_interval(winner.tests)
 
     def covers(interval: Interval, value: float) -> float | None:
@@ -321,11 +355,13 @@ def simulate(
     samplers: Sequence[str] = SAMPLERS,
     noise: Noise = Noise(),
     progress: Callable[[int], None] | None = None,
+    names: Sequence[str] = STRATEGIES,
 ) -> dict[tuple[str, str], list[dict[str, float | None]]]:
-    """Each (sampler, strategy)'s outcome in each of `sweeps` simulated sweeps (same worlds for all)."""
+    """Each (sampler, strategy)'s outcome in each of `sweeps` simulated sweeps (same worlds for all):
+    the strategies named in `names` (single-seed search always, the baseline of the paired regret)."""
     distributions, _, _ = search_space(search_params(SEARCH_FILE))
     landscape = Landscape(distributions)
-    strategies = plans(runs, repeats, top, confirm_seeds)
+    strategies = [plan for plan in plans(runs, repeats, top, confirm_seeds) if plan.name in {"single", *names}]
     results: dict[tuple[str, str], list[dict[str, float | None]]] = {
         (sampler, plan.name): [] for sampler in samplers for plan in strategies
     }
@@ -336,8 +372,9 @@ def simulate(
             world_seed = seed * 1_000_003 + index
             world = World(landscape, noise, world_seed)
             for sampler_name in samplers:
-                for number, plan in enumerate(strategies):
-                    rng = np.random.default_rng([world_seed, number, SAMPLERS.index(sampler_name)])
+                for plan in strategies:
+                    streams = [world_seed, STRATEGIES.index(plan.name), SAMPLERS.index(sampler_name)]
+                    rng = np.random.default_rng(streams)  # the run noise of this strategy and sampler
                     sampler = make_sampler(sampler_name, world_seed)
                     winner, searched_best = choose(world, sampler, world_seed, plan, rng)
                     results[sampler_name, plan.name].append(outcome(world, winner, searched_best))
@@ -440,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=3, help="N: trials the confirm strategy retrains (3)")
     parser.add_argument("--confirm-seeds", type=int, default=5, help="M: fresh seeds for each confirmed trial (5)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: tpe, random (both)")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {', '.join(STRATEGIES)} (all)"
+    )
     parser.add_argument("--seed-sd", type=float, default=Noise.val_seed_sd, help="a run's seed sd on validation")
     parser.add_argument("--split-sd", type=float, default=Noise.val_split_sd, help="the validation split's sd")
     parser.add_argument("--out", type=Path, default=Path("outputs/noise_sim"), help="folder for noise_sim.csv")
@@ -449,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
         samplers = [name.strip() for name in args.samplers.split(",") if name.strip()]
         for name in samplers:
             make_sampler(name, 0)
+        names = [name.strip() for name in args.strategies.split(",") if name.strip()]
+        for name in names:
+            if name not in STRATEGIES:
+                raise UserError(f"--strategies: unknown strategy {name!r}; use {', '.join(STRATEGIES)}")
         if args.seed_sd < 0 or args.split_sd < 0:
             raise UserError(f"--seed-sd {args.seed_sd} and --split-sd {args.split_sd} must be 0 or more")
         if args.sweeps < 2:
@@ -465,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
 
     noise = Noise(val_seed_sd=args.seed_sd, val_split_sd=args.split_sd)
     results = simulate(
-        args.sweeps, args.runs, args.seed, args.repeats, args.top, args.confirm_seeds, samplers, noise, progress
+        args.sweeps, args.runs, args.seed, args.repeats, args.top, args.confirm_seeds, samplers, noise, progress, names
     )
     rows = table(results, strategies)
     path = args.out / TABLE_FILE

@@ -6,6 +6,7 @@ the simulation seeds 0-11 (checked when they were written); each margin is sever
 
 import csv
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -42,13 +43,13 @@ def landscape() -> Landscape:
 @pytest.fixture(scope="module")
 def tpe_sweeps():
     """40 sweeps of 30 runs with cnnsweep's TPE: each strategy's outcomes, sweep by sweep."""
-    return simulate(40, 30, seed=SEED, samplers=("tpe",))
+    return simulate(40, 30, seed=SEED, samplers=("tpe",), names=("repeats", "confirm"))
 
 
 @pytest.fixture(scope="module")
 def random_sweeps():
     """120 sweeps of 30 runs with the random sampler (cheap): enough sweeps to measure coverage."""
-    return simulate(120, 30, seed=SEED, samplers=("random",))
+    return simulate(120, 30, seed=SEED, samplers=("random",), names=("confirm", "confirm_splits"))
 
 
 def mean_and_se(values):
@@ -104,9 +105,13 @@ def test_the_sampler_is_cnnsweeps_tpe():
 
 
 def test_repeats_spend_the_same_runs_on_fewer_trials_and_confirmation_keeps_most_for_the_search():
-    single, repeats, confirm = plans(60, 3, 3, 5)
-    assert (single.trials, repeats.trials, confirm.trials) == (60, 20, 45)
-    assert single.runs == repeats.runs == confirm.runs == 60
+    strategies = plans(60, 3, 3, 5)
+    assert [(plan.name, plan.trials) for plan in strategies] == [
+        ("single", 60), ("repeats", 20), ("confirm", 45), ("repeats_splits", 20), ("confirm_splits", 45)
+    ]  # fmt: skip
+    assert {plan.runs for plan in strategies} == {60}
+    assert strategies[3].repeat_splits == [0, 1, 2] and strategies[1].repeat_splits == [0, 0, 0]
+    assert strategies[4].confirm_splits == [1, 2, 3, 4, 5]  # splits the search (on split 0) never validated on
 
 
 def test_single_seed_pick_the_best_reports_an_optimistic_figure(tpe_sweeps):
@@ -161,12 +166,24 @@ def test_the_command_writes_the_table(tmp_path):
         ("random", "single", "12"),
         ("random", "repeats", "12"),
         ("random", "confirm", "12"),
+        ("random", "repeats_splits", "12"),
+        ("random", "confirm_splits", "12"),
     ]
     assert float(rows[0]["regret_mean"]) >= float(rows[0]["search_regret_mean"]) >= 0
-    assert "| random  | confirm  | 8 x 1 + 2 x 2" in done.stdout
+    assert re.search(r"^\| random +\| confirm +\| 8 x 1 \+ 2 x 2 ", done.stdout, re.MULTILINE)
 
 
 def test_the_command_refuses_a_budget_that_cannot_hold_the_strategies(tmp_path, capsys):
     assert main(["--runs", "10", "--out", str(tmp_path)]) == 2
     assert "--runs 10 cannot hold --repeats 3 or --top 3 x --confirm-seeds 5" in capsys.readouterr().err
     assert not (tmp_path / "noise_sim.csv").exists()
+
+
+def test_confirmation_on_fresh_splits_removes_the_whole_curse_and_its_interval_covers_the_true_accuracy(random_sweeps):
+    """Each confirmation run validated on a split the search never saw: the split's deviation is then noise
+    the interval measures, not a bias the choice selected for."""
+    same_split, _ = mean_and_se([o["curse"] for o in random_sweeps["random", "confirm"]])
+    curse, se = mean_and_se([o["curse"] for o in random_sweeps["random", "confirm_splits"]])
+    assert curse < same_split - 0.03 and curse < 3 * se + 0.03  # what remains is the best of 3 confirmed means
+    covers_truth = statistics.fmean(o["covers_truth"] for o in random_sweeps["random", "confirm_splits"])
+    assert 0.85 <= covers_truth <= 0.995

@@ -170,6 +170,7 @@ def test_the_command_writes_the_table(tmp_path):
         ("random", "confirm_splits", "12"),
     ]
     assert float(rows[0]["regret_mean"]) >= float(rows[0]["search_regret_mean"]) >= 0
+    assert (tmp_path / "noise_sim.png").read_bytes().startswith(b"\x89PNG")
     assert re.search(r"^\| random +\| confirm +\| 8 x 1 \+ 2 x 2 ", done.stdout, re.MULTILINE)
 
 

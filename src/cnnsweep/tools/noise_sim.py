@@ -78,6 +78,7 @@ from cnnsweep.sweep.samplers import configure_trial, reseed, search_space
 
 SEARCH_FILE = CONF_DIR / "hparams_search" / "lr_gamma_dropout.yaml"
 TABLE_FILE = "noise_sim.csv"
+PLOT_FILE = "noise_sim.png"
 STUDY_NAME = "noise_sim"  # the name the sampler is reseeded with, as a sweep's study name
 STRATEGIES = ("single", "repeats", "confirm", "repeats_splits", "confirm_splits")
 SAMPLERS = ("tpe", "random")
@@ -465,6 +466,39 @@ def text_table(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def draw(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The table as a picture, one row of panels per sampler: each strategy's regret, and what its reported
+    validation figure overstates the truth by (seed part + split part) beside its test figure's error."""
+    from cnnsweep.tools.plots import plt, save_figure  # matplotlib only when drawing
+
+    samplers = list(dict.fromkeys(row["sampler"] for row in rows))
+    figure, axes = plt.subplots(
+        len(samplers), 2, figsize=(11, 0.6 + 2.4 * len(samplers)), squeeze=False, sharex="col"
+    )  # shared scales: the samplers compare at a glance
+    for (regret_axes, curse_axes), sampler in zip(axes, samplers, strict=True):
+        chosen = [row for row in rows if row["sampler"] == sampler][::-1]  # first strategy on top
+        names, y = [row["strategy"] for row in chosen], np.arange(len(chosen))
+        regret_axes.barh(y, [r["regret_mean"] for r in chosen], xerr=[r["regret_se"] for r in chosen], color="0.6")
+        regret_axes.set(yticks=y, yticklabels=names)
+        regret_axes.set_title(f"{sampler}: what the choice costs", fontsize=10)
+        seed = [r["curse_seed_mean"] for r in chosen]
+        split = [r["curse_mean"] - r["curse_seed_mean"] for r in chosen]
+        curse_axes.barh(y, seed, color="tab:orange", label="seed part")
+        curse_axes.barh(y, split, left=seed, color="tab:red", label="validation split's part")
+        curse_axes.errorbar(
+            [r["test_minus_truth_mean"] for r in chosen], y, xerr=[r["test_minus_truth_se"] for r in chosen],
+            fmt="o", color="tab:green", label="test figure",
+        )  # fmt: skip
+        curse_axes.axvline(0, color="black", linewidth=0.8)
+        curse_axes.set(yticks=y, yticklabels=[])
+        curse_axes.set_title(f"{sampler}: the winner's curse", fontsize=10)
+        curse_axes.legend(fontsize=8, loc="lower right")
+    axes[-1][0].set_xlabel("regret (points below the best true accuracy)")
+    axes[-1][1].set_xlabel("reported minus true accuracy (points)")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cnnsweep.noise_sim",
@@ -483,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed-sd", type=float, default=Noise.val_seed_sd, help="a run's seed sd on validation")
     parser.add_argument("--split-sd", type=float, default=Noise.val_split_sd, help="the validation split's sd")
-    parser.add_argument("--out", type=Path, default=Path("outputs/noise_sim"), help="folder for noise_sim.csv")
+    parser.add_argument("--out", type=Path, default=Path("outputs/noise_sim"), help="folder for noise_sim.csv/.png")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         strategies = plans(args.runs, args.repeats, args.top, args.confirm_seeds)
@@ -515,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(results, strategies)
     path = args.out / TABLE_FILE
     write_csv(path, rows)
+    draw(rows, args.out / PLOT_FILE)
     print(text_table(rows))
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start  # cpu: what a shared machine can't inflate
     print(f"{args.sweeps} simulated sweeps of {args.runs} runs each, {wall:.0f} s ({cpu:.0f} s of CPU); table: {path}")

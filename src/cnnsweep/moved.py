@@ -21,7 +21,7 @@ MOVED = {
     )},
     **{f"cnnsweep.{name}": f"cnnsweep.sweep.{name}" for name in ("results", "samplers", "storage", "study", "trial")},
     **{f"cnnsweep.{name}": f"cnnsweep.tools.{name}" for name in (
-        "bench", "confirm", "evaluate", "plots", "report", "runbench", "stats",
+        "bench", "confirm", "evaluate", "noise_sim", "plots", "report", "runbench", "stats",
     )},
 }  # fmt: skip
 

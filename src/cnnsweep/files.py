@@ -3,6 +3,7 @@
     <run>/metrics.csv, summary.json, checkpoints/{last,best}.pt, .hydra/{config,overrides}.yaml
     <sweep>/multirun.yaml (Hydra's), optuna.db (the default study storage), trials.csv,
             optimization_results.yaml, and one run folder per trial: <sweep>/<trial number>/
+            (hydra.sweeper.repeats > 1: repeats.csv, and one run folder per repeat: <sweep>/<trial>/<repeat>/)
 
 A module with no imports, so that the Hydra plugin can name the study's file without loading torch.
 """
@@ -20,4 +21,5 @@ OVERRIDES_FILE = "overrides.yaml"
 MULTIRUN_FILE = "multirun.yaml"
 STUDY_DB = "optuna.db"
 TRIALS_FILE = "trials.csv"
+REPEATS_FILE = "repeats.csv"  # one row per repeat of a sweep with hydra.sweeper.repeats > 1
 BEST_FILE = "optimization_results.yaml"

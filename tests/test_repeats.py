@@ -33,7 +33,7 @@ from cnnsweep.sweep.study import fresh_copy
 from cnnsweep.sweep.sweeper import check_study_seeds
 from cnnsweep.sweep.trial import Pruned, RepeatReporter
 
-from helpers import load_study, read_trials, summary, train_py
+from helpers import load_study, read_trials, summary, tool, train_py
 
 # ---- the pieces, in this process ----
 
@@ -237,6 +237,13 @@ def test_each_trial_trains_on_the_same_seeds_in_its_own_folders_and_its_value_is
     assert best["best_value_sd"] == pytest.approx(float(top["value_sd"]))
     assert [o for o in best["best_overrides"] if o.startswith("seed=")] == ["seed=4"]  # the trial's: its first seed
     assert not (sweep_dir / "0" / ".hydra").exists()  # the trial's folder only holds its repeats' folders
+
+    report = tool("report", sweep_dir, "--no-plots")
+    assert report.returncode == 0, report.stderr
+    shown = f"{float(top['value']):.4f} +- {float(top['value_sd']):.4f} (3 repeats)"
+    assert f"  best: trial {top['number']}, value {shown}, test_acc" in report.stdout
+    assert "  trials by val_acc, mean +- sd over 3 seeds (best 2):" in report.stdout
+    assert f"    trial {top['number']}: {shown}, test_acc" in report.stdout
 
 
 def test_a_rerun_with_other_repeats_is_refused_in_one_line(tiny_mnist, tmp_path):

@@ -227,8 +227,8 @@ class StudySweeper:
     def _finish(self, study: optuna.Study, trial: TrialRepeats, repeat: int, job: JobReturn) -> None:
         """Record the job's outcome on its trial (and count it if it failed)."""
         trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        number = trial.number
-        outcome = job_outcome(job, number, self.objectives, self.config.hydra.launcher.get("timeout_min"))
+        name = f"{trial.number}" + (f" repeat {repeat} (seed {trial.seeds[repeat]})" if self.repeats > 1 else "")
+        outcome = job_outcome(job, name, self.objectives, self.config.hydra.launcher.get("timeout_min"))
         if trial.closed:  # re-queued (interrupted) while this repeat ran: the retry runs it again
             return
         if self.repeats == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import statistics
 import time
@@ -29,11 +30,12 @@ from cnnsweep.sweep.repeats import (
     trial_outcome,
 )
 from cnnsweep.sweep.results import study_rows
-from cnnsweep.sweep.study import fresh_copy
+from cnnsweep.sweep.study import fresh_copy, open_storage
 from cnnsweep.sweep.sweeper import check_study_seeds
 from cnnsweep.sweep.trial import Pruned, RepeatReporter
 
 from helpers import load_study, read_trials, summary, tool, train_py
+from postgres import throwaway_server
 
 # ---- the pieces, in this process ----
 
@@ -339,21 +341,65 @@ def test_a_killed_sweep_resumes_without_rerunning_its_finished_repeats(tiny_mnis
 
 
 @pytest.mark.slow
-def test_two_workers_on_one_journal_run_every_trial_s_repeats_once(tiny_mnist, tmp_path):
-    journal = tmp_path / "shared" / "study.log"
-    shared = ("hydra.sweeper.n_trials=4", "hydra.sweeper.repeats=2", f"hydra.sweeper.storage=journal://{journal}")
+def test_ctrl_c_requeues_a_trial_with_its_finished_repeats_and_the_rerun_runs_the_rest(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.repeats=2",
+                            "hydra/sweeper/pruner=nop", "trainer.epochs=6")  # fmt: skip
+    sweep = train_py(*args, wait=False, start_new_session=True)
+    deadline = time.time() + 120
+    while not (sweep_dir / "0" / "1" / METRICS_FILE).exists() and time.time() < deadline:
+        time.sleep(0.1)  # repeat 0 ended, repeat 1 is training
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+    output = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130 and "Traceback" not in output, output
+    stopped, queued = load_study(sweep_dir).trials
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs[REQUEUED]
+    assert stopped.user_attrs[REASON] == "Interrupted: interrupted by SIGINT"
+    assert queued.state == TrialState.WAITING and queued.user_attrs[REPEAT.format(0)]["state"] == "COMPLETE"
+    assert REPEAT.format(1) not in queued.user_attrs  # the interrupted repeat is not carried over
+
+    resumed = train_py(*args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    retry = load_study(sweep_dir).trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+    carried, rerun = by_trial(read_repeats(sweep_dir))[1]
+    assert (carried["run_dir"], carried["epochs_run"]) == (str(sweep_dir / "0" / "0"), "6")
+    assert (rerun["run_dir"], rerun["epochs_run"]) == (str(sweep_dir / "1" / "1"), "6")
+    assert not (sweep_dir / "1" / "0").exists()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    try:
+        with throwaway_server() as url:
+            yield url
+    except RuntimeError as reason:
+        pytest.skip(f"no PostgreSQL server could be started: {reason}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "postgres"])
+def test_two_workers_on_one_study_run_each_repeat_of_every_trial_once(tiny_mnist, tmp_path, request, kind):
+    url = (
+        f"journal://{tmp_path / 'shared' / 'study.log'}"
+        if kind == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    shared = ("hydra.sweeper.n_trials=4", "hydra.sweeper.repeats=2", f"hydra.sweeper.storage={url}")
     workers = [train_py(*optuna_overrides(tiny_mnist, tmp_path / f"worker{i}", *shared), wait=False) for i in range(2)]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    storage = open_storage(url)
     trials = [t for t in optuna.load_study(study_name="test", storage=storage).trials if not t.user_attrs.get(SURPLUS)]
     assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
     assert len({t.system_attrs[OWNER] for t in trials}) == 2, "both workers ran trials"
-    folders = sorted(p.relative_to(tmp_path) for p in tmp_path.glob(f"worker*/*/*/{METRICS_FILE}"))
     for trial in trials:
         records = [trial.user_attrs[REPEAT.format(r)] for r in range(2)]
         assert [record["seed"] for record in records] == [0, 1]
         assert trial.value == pytest.approx(statistics.fmean(record["values"][0] for record in records))
-    assert len(folders) == 8 and len({path.parts[1] for path in folders}) == 4  # 4 trials x 2 repeats, each run once
+    runs = sorted(path.relative_to(tmp_path).parts[1:3] for path in tmp_path.glob(f"worker*/*/*/{METRICS_FILE}"))
+    assert runs == sorted(
+        (str(t.number), str(r)) for t in trials for r in range(2)
+    )  # each repeat ran once, in one worker
     for i in range(2):  # each worker's tables list the whole study
         assert len(read_repeats(tmp_path / f"worker{i}")) == 8

@@ -87,7 +87,9 @@ class TrialRepeats:
     closed: bool = False  # told to Optuna, or re-queued
 
     def __post_init__(self) -> None:
-        self.pending = [r for r in range(len(self.seeds)) if r not in self.records]
+        # A re-queued trial whose carried-over repeats include one that failed or was pruned runs no more.
+        done = any(record["state"] != TrialState.COMPLETE.name for record in self.records.values())
+        self.pending = [] if done else [r for r in range(len(self.seeds)) if r not in self.records]
 
     def take(self) -> int:
         repeat = self.pending.pop(0)

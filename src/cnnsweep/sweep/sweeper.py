@@ -154,6 +154,7 @@ class StudySweeper:
             run_lanes(self._lane, 1 if self.in_process else self.n_jobs)
         # Without the database, the files written after the last finished trial stand.
         if not any(isinstance(error, DATABASE_ERRORS) for error in self.policy.errors):
+            self._requeue_unfinished()
             best = self._write_results()
             self.trackers.end([{"number": row["number"], "values": row_values(row, self.objectives),
                                 "params": row_params(row)} for row in best])  # fmt: skip
@@ -212,10 +213,9 @@ class StudySweeper:
                 if self.budget.over_budget(study, trial, overrides):
                     continue
                 trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
+                carried = self._carried_over(trial, overrides)
                 if self.repeats > 1:
                     trial.set_user_attr(OVERRIDES, list(overrides))  # the trial's; each repeat adds its seed
-                # a re-queued trial's repeats that had ended are carried over
-                carried = repeat_records(trial.user_attrs, self.repeats) if self.repeats > 1 else {}
                 repeats = TrialRepeats(trial.number, overrides, self.seeds, carried)
                 self.open_trials.append(repeats)
                 if not repeats.pending:  # all its repeats had ended before it was re-queued
@@ -249,6 +249,17 @@ class StudySweeper:
         trial.ended(repeat, record, outcome.error)
         self._conclude_if_finished(study, trial)
 
+    def _carried_over(self, trial: optuna.Trial, overrides: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+        """The records of the repeats that had ended, of a re-queued trial (copied onto it), when they trained
+        what this sweep would: a rerun with other overrides (say, more epochs) runs all its repeats again."""
+        if self.repeats == 1:
+            return {}
+        carried = repeat_records(trial.user_attrs, self.repeats)
+        if carried and trial.user_attrs.get(OVERRIDES) != list(overrides):
+            log.info(f"trial {trial.number}: its carried-over repeats ran with other overrides; all run again")
+            return {}
+        return carried
+
     def _conclude_if_finished(self, study: optuna.Study, trial: TrialRepeats) -> None:
         """Tell a trial whose repeats have all ended what they came to together (repeats.py's rules)."""
         if not trial.finished or trial.closed:
@@ -277,6 +288,17 @@ class StudySweeper:
             return None
         trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, number)
         return self.rdb.get_trial(trial_id).system_attrs.get(PRUNED_BY)
+
+    def _requeue_unfinished(self) -> None:
+        """Queue again the trials whose repeats the sweep stopped before running (too many failures, Ctrl-C):
+        a rerun runs only those repeats (their finished ones are carried over); none is left RUNNING."""
+        for trial in [t for t in self.open_trials if not t.closed and self.repeats > 1]:
+            trial.closed = True
+            trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            unfinished = sorted({*trial.pending, *trial.running})
+            reason = f"interrupted: the sweep stopped before its repeats {unfinished} ended"
+            retry_later(self.claims.load(), self.rdb, trial_id, reason)
+        self.open_trials.clear()
 
     def _write_results(self) -> list[dict[str, Any]]:
         """trials.csv and optimization_results.yaml, and the trials' ends to the trackers; the best rows."""

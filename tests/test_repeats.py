@@ -188,6 +188,19 @@ def test_one_seed_per_trial_keeps_trials_csv_columns():
     assert list(row)[:4] == ["number", "state", "value", "x"] and "value_sd" not in row and "repeats" not in row
 
 
+def test_a_multi_objective_trial_with_repeats_has_a_spread_per_objective_after_its_values():
+    records = {REPEAT.format(r): {"seed": r, "state": "COMPLETE", "values": [0.89 + r / 50, 100.0]} for r in range(2)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    x = {"x": optuna.distributions.FloatDistribution(0, 2)}
+    trial = optuna.trial.create_trial(values=[0.9, 100.0], params={"x": 1.0}, distributions=x, user_attrs=records)
+    study.add_trial(trial)
+    [row], _ = study_rows(study.trials, ["val_acc", "n_params"], repeats=2)
+    assert list(row)[:9] == ["number", "state", "value", "value_val_acc", "value_n_params", "value_sd",
+                             "value_sd_val_acc", "value_sd_n_params", "repeats"]  # fmt: skip
+    assert row["value_sd"] == row["value_sd_val_acc"] == pytest.approx(0.02 / 2**0.5)
+    assert row["value_sd_n_params"] == 0 and row["repeats"] == 2 and row["x"] == 1.0
+
+
 # ---- real sweeps (train.py --multirun on tiny data) ----
 
 

@@ -276,7 +276,8 @@ def fresh_copy(trial: FrozenTrial) -> FrozenTrial:
     """
     copied = copy.deepcopy(trial)
     copied.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (REQUEUED, REASON, SURPLUS)}
-    ended = [CURVE.format(i) for i in range(len(trial.user_attrs)) if REPEAT.format(i) in trial.user_attrs]
+    records = REPEAT.format("")  # the prefix of the repeats' records: repeat_<r>
+    ended = {CURVE.format(key.removeprefix(records)) for key in trial.user_attrs if key.startswith(records)}
     copied.system_attrs = {
         k: v
         for k, v in trial.system_attrs.items()

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from test_sweep import grid_study_overrides, optuna_overrides
+from test_sweep import IN_PROCESS, grid_study_overrides, optuna_overrides
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import BEST_FILE, METRICS_FILE, REPEATS_FILE
@@ -261,6 +261,19 @@ def test_each_trial_trains_on_the_same_seeds_in_its_own_folders_and_its_value_is
     assert f"    trial {top['number']}: {shown}, test_acc" in report.stdout
 
 
+def test_a_configuration_over_budget_launches_none_of_its_repeats(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    grid = ("model.widths.6=choice(16,400)", "hydra.sweeper.repeats=2", *IN_PROCESS)
+    result = train_py(*grid_study_overrides(tiny_mnist, sweep_dir, *grid))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["model.widths.6"]: row for row in read_trials(sweep_dir)}
+    over, fine = rows["400"], rows["16"]
+    assert over["state"] == "PRUNED" and over["repeats"] == "0" and "over the budget of 20,000" in over["reason"]
+    assert not (sweep_dir / over["number"]).exists()  # checked once, before any of its jobs
+    assert fine["state"] == "COMPLETE" and fine["repeats"] == "2"
+    assert sorted(int(run["trial"]) for run in read_repeats(sweep_dir)) == [int(fine["number"])] * 2
+
+
 def test_a_rerun_with_other_repeats_is_refused_in_one_line(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     first = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=1", "data.train_limit=300"))
@@ -292,8 +305,8 @@ def test_a_pruned_trial_stops_its_repeats_and_is_pruned(tiny_mnist, tmp_path):
 @pytest.mark.slow
 def test_a_failing_repeat_fails_its_trial_and_no_more_of_its_repeats_run(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    grid = ("optimizer.lr=choice(0.02,1e9)", "hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.repeats=2",
-            "hydra/launcher=basic", "hydra.sweeper.n_jobs=1")  # fmt: skip
+    grid = ("optimizer.lr=choice(0.02,1e9)", "hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.repeats=2")
+    grid = (*grid, *IN_PROCESS)
     result = train_py(*grid_study_overrides(tiny_mnist, sweep_dir, *grid))
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {row["optimizer.lr"]: row for row in read_trials(sweep_dir)}

@@ -303,6 +303,8 @@ class StudySweeper:
     def _write_results(self) -> list[dict[str, Any]]:
         """trials.csv and optimization_results.yaml, and the trials' ends to the trackers; the best rows."""
         header = {"name": "optuna", "study_name": self.study_name, "storage": shown_url(self.storage)}
+        if self.repeats > 1:
+            header["repeat_seeds"] = self.seeds  # every trial's value is the mean over these seeds
         trials = self.rdb.get_all_trials(self.study_id)
         best = write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header, self.repeats)
         self.trackers.trials_ended(trials)

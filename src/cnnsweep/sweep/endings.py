@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import TRIALS_FILE
-from cnnsweep.sweep.results import repeat_rows, study_rows, write_repeats, write_results
+from cnnsweep.sweep.results import REPEATS, VALUE_SD, repeat_rows, study_rows, write_repeats, write_results
 from cnnsweep.sweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, shown_url
 from cnnsweep.train.signals import Interrupted
 
@@ -104,7 +104,8 @@ def write_sweep_results(
         log.info(f"Pareto front so far: trials {[row['number'] for row in best]}")
         return best
     if best is not None:
-        log.info(f"best so far: trial {best['number']}, value {best['value']}")
+        spread = f" +- {best[VALUE_SD]:.4g} over {best[REPEATS]} seeds" if best.get(VALUE_SD) is not None else ""
+        log.info(f"best so far: trial {best['number']}, value {best['value']}{spread}")
     return [best] if best is not None else []
 
 

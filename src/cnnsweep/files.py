@@ -4,6 +4,7 @@
     <sweep>/multirun.yaml (Hydra's), optuna.db (the default study storage), trials.csv,
             optimization_results.yaml, and one run folder per trial: <sweep>/<trial number>/
             confirmation.csv and, for a confirmation's runs, <sweep>/confirm/<trial number>/<seed>/
+            (hydra.sweeper.repeats > 1: repeats.csv, and one run folder per repeat: <sweep>/<trial>/<repeat>/)
 
 A module with no imports, so that the Hydra plugin can name the study's file without loading torch.
 """
@@ -21,6 +22,7 @@ OVERRIDES_FILE = "overrides.yaml"
 MULTIRUN_FILE = "multirun.yaml"
 STUDY_DB = "optuna.db"
 TRIALS_FILE = "trials.csv"
+REPEATS_FILE = "repeats.csv"  # one row per repeat of a sweep with hydra.sweeper.repeats > 1
 BEST_FILE = "optimization_results.yaml"
 CONFIRMATION_FILE = "confirmation.csv"  # the confirmed configurations, best first (cnnsweep.sweep.confirmation)
 CONFIRMATION_PLOT = "confirmation.png"  # their intervals, drawn by the report

@@ -12,11 +12,17 @@ REQUEUED = "requeued"  # this FAILed trial's parameters were queued again
 SURPLUS = "surplus"  # asked beyond n_trials by a racing worker, never run
 CONFIRMS = "confirms"  # a confirmation trial: the number of the search trial whose configuration it re-trains
 CONFIRM_SEED = "confirm_seed"  # a confirmation trial: the fresh seed it trains on
+REPEAT = "repeat_{}"  # (hydra.sweeper.repeats > 1) repeat i's record once it ended: seed, state, values, facts
+
+# Study user attrs
+REPEAT_SEEDS = "repeat_seeds"  # (repeats > 1) the seeds every trial's repeats train on: a rerun must use the same
 
 # System attrs
 OWNER = "cnnsweep:owner"  # "host:pid" of the sweep process running the trial
 BEAT = "cnnsweep:heartbeat"  # in a journal: the worker's clock (epoch seconds) at its last heartbeat
 RETRIED_FROM = "failed_trial"  # set by Optuna's RetryHeartbeatStaleTrialCallback: a chain's first trial
+CURVE = "cnnsweep:curve_{}"  # (repeats > 1) repeat i's objective after each epoch so far, written by its job
+PRUNED_BY = "cnnsweep:pruned"  # (repeats > 1) why the pruner stopped the trial: its other repeats stop too
 
 # Optuna constraint (trial.set_constraint): n_params - budget.max_params; feasible at <= 0
 BUDGET_CONSTRAINT = "n_params_over_budget"

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import TRIALS_FILE
-from cnnsweep.sweep.results import study_rows, write_results
+from cnnsweep.sweep.results import REPEATS, VALUE_SD, repeat_rows, study_rows, write_repeats, write_results
 from cnnsweep.sweep.storage import DATABASE_ERRORS, StorageUnavailable, error_line, shown_url
 from cnnsweep.train.signals import Interrupted
 
@@ -98,16 +98,20 @@ def write_sweep_results(
     objectives: Sequence[str],
     directions: Sequence[str],
     header: dict[str, Any],
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
-    """Write trials.csv and optimization_results.yaml from the study's trials, and log the best so far;
-    returns the best trial's row (none yet: no row), or the Pareto front's rows."""
-    rows, overrides = study_rows(trials, objectives)
+    """Write trials.csv and optimization_results.yaml (and with `repeats` > 1 repeats.csv) from the study's
+    trials, and log the best so far; returns the best trial's row (none yet: no row), or the Pareto front's rows."""
+    rows, overrides = study_rows(trials, objectives, repeats)
+    if repeats > 1:
+        write_repeats(sweep_dir, repeat_rows(trials, objectives, repeats))
     best = write_results(sweep_dir, rows, overrides, objectives, directions, header)
     if isinstance(best, list):
         log.info(f"Pareto front so far: trials {[row['number'] for row in best]}")
         return best
     if best is not None:
-        log.info(f"best so far: trial {best['number']}, value {best['value']}")
+        spread = f" +- {best[VALUE_SD]:.4g} over {best[REPEATS]} seeds" if best.get(VALUE_SD) is not None else ""
+        log.info(f"best so far: trial {best['number']}, value {best['value']}{spread}")
     return [best] if best is not None else []
 
 

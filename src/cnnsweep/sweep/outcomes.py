@@ -42,8 +42,9 @@ class Outcome:
     attrs: dict[str, Any]
 
 
-def job_outcome(job: JobReturn, number: int, objectives: Sequence[str], timeout_min: Any) -> Outcome:
-    """The outcome of trial `number`'s job (a warning line if it was pruned or failed).
+def job_outcome(job: JobReturn, trial: str, objectives: Sequence[str], timeout_min: Any) -> Outcome:
+    """The outcome of a job of `trial` (its number, and its repeat if it has several), with a warning line
+    if it was pruned or failed.
 
     `timeout_min` is hydra.launcher.timeout_min, named in the reason of a job that ran into it.
     """
@@ -64,7 +65,7 @@ def job_outcome(job: JobReturn, number: int, objectives: Sequence[str], timeout_
         attrs[REASON] = f"timed out: the job ran into hydra.launcher.timeout_min={timeout_min}; raise it"
     if isinstance(error, OverBudget):
         attrs |= over_budget_facts(error)
-    log.warning(f"trial {number} {state.name}: {attrs[REASON]}")
+    log.warning(f"trial {trial} {state.name}: {attrs[REASON]}")
     return Outcome(state, None, error, attrs)
 
 

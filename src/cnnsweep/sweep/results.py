@@ -6,11 +6,18 @@ columns: number, state, value (the first objective's), one `value_<objective>` c
 when there are several, the parameters, then n_params, epochs_run, duration_s, test_acc, run_dir
 and reason. A single-objective sweep's results name its best trial; a multi-objective sweep's name
 its Pareto front: the trials no other trial beats in every objective.
+
+A sweep with `hydra.sweeper.repeats=K` (K > 1) writes the mean over a trial's repeats as its value(s),
+then `value_sd` (and `value_sd_<objective>` when there are several: the sample sd over the repeats of a
+COMPLETE trial) and `repeats` (how many of its repeats ended) after the value columns; its test_acc is the
+repeats' mean. Beside trials.csv, repeats.csv has one row per repeat that ran: trial, repeat, seed, state,
+value(s), test_acc, epochs_run, duration_s, run_dir and reason.
 """
 
 from __future__ import annotations
 
 import shlex
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +31,15 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.artifacts import RunFolder, write_csv, write_text
-from cnnsweep.files import BEST_FILE, TRIALS_FILE
+from cnnsweep.files import BEST_FILE, REPEATS_FILE, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
-from cnnsweep.sweep.attrs import OVERRIDES, REQUEUED, SURPLUS
+from cnnsweep.sweep.attrs import OVERRIDES, REPEAT, REQUEUED, SURPLUS
 from cnnsweep.sweep.states import COMPLETE, FAIL, RUNNING, STATE_OF_STATUS
 
 FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir", "reason")
+REPEATS = "repeats"  # trials.csv's column of how many of a trial's repeats ended (repeats > 1)
+VALUE_SD = "value_sd"
+REPEAT_FACTS = ("test_acc", "epochs_run", "duration_s", "run_dir", "reason")
 
 
 def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -67,7 +77,9 @@ def _exact(objective: str, value: float | None) -> float | int | None:
 def row_params(row: dict[str, Any]) -> dict[str, Any]:
     """The swept parameters of a table row."""
     return {
-        k: v for k, v in row.items() if k not in ("number", "state", "value", *FACTS) and not k.startswith("value_")
+        k: v
+        for k, v in row.items()
+        if k not in ("number", "state", "value", REPEATS, *FACTS) and not k.startswith("value_")
     }
 
 
@@ -170,6 +182,8 @@ def trial_entry(row: dict[str, Any], objectives: Sequence[str], overrides: dict[
         entry["value"] = row["value"]
     else:
         entry["values"] = dict(zip(objectives, row_values(row, objectives), strict=True))
+    if REPEATS in row:  # the spread over the trial's repeats
+        entry |= {key: row[key] for key in row if key.startswith(VALUE_SD)} | {REPEATS: row[REPEATS]}
     rerun = list(overrides.get(row["number"], []))
     entry |= {
         "params": row_params(row),
@@ -183,9 +197,10 @@ def trial_entry(row: dict[str, Any], objectives: Sequence[str], overrides: dict[
 
 
 def study_rows(
-    trials: Sequence[FrozenTrial], objectives: Sequence[str]
+    trials: Sequence[FrozenTrial], objectives: Sequence[str], repeats: int = 1
 ) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
-    """Rows (and task overrides) of an Optuna study's trials, leaving out never-run surplus trials."""
+    """Rows (and task overrides) of an Optuna study's trials, leaving out never-run surplus trials;
+    with `repeats` > 1, each row has its repeats' spread and count after its values."""
     rows, overrides = [], {}
     for trial in trials:
         if trial.user_attrs.get(SURPLUS):
@@ -194,9 +209,55 @@ def study_rows(
         if trial.datetime_start and trial.datetime_complete and not trial.user_attrs.get(REQUEUED):
             facts["duration_s"] = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
         values = trial.values if trial.state == TrialState.COMPLETE else None
-        rows.append(table_row(trial.number, trial.state.name, values, objectives, dict(trial.params), facts))
+        row = table_row(trial.number, trial.state.name, values, objectives, dict(trial.params), facts)
+        if repeats > 1:
+            row = with_spread(row, repeat_records(trial.user_attrs, repeats), objectives)
+        rows.append(row)
         overrides[trial.number] = list(trial.user_attrs.get(OVERRIDES, []))
     return rows, overrides
+
+
+def repeat_records(user_attrs: dict[str, Any], repeats: int) -> dict[int, dict[str, Any]]:
+    """A trial's records of its repeats that ended, by repeat index (sweeper.repeats writes them)."""
+    return {r: user_attrs[REPEAT.format(r)] for r in range(repeats) if REPEAT.format(r) in user_attrs}
+
+
+def with_spread(row: dict[str, Any], records: dict[int, dict[str, Any]], objectives: Sequence[str]) -> dict[str, Any]:
+    """The row with `value_sd` (per objective when several) and `repeats` after its value columns."""
+    values = [record["values"] for record in records.values() if record["state"] == COMPLETE]
+    several = len(objectives) > 1
+    head = ("number", "state", "value", *(f"value_{name}" for name in objectives if several))
+    sds = {
+        name: statistics.stdev(v[index] for v in values) if row["state"] == COMPLETE and len(values) > 1 else None
+        for index, name in enumerate(objectives)
+    }
+    spread: dict[str, Any] = {VALUE_SD: sds[objectives[0]]}
+    if several:
+        spread |= {f"{VALUE_SD}_{name}": sd for name, sd in sds.items()}
+    spread[REPEATS] = len(records)
+    return {**{k: row[k] for k in head}, **spread, **{k: v for k, v in row.items() if k not in head}}
+
+
+def repeat_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str], repeats: int) -> list[dict[str, Any]]:
+    """repeats.csv's rows: one per repeat that ended, of every trial run."""
+    rows = []
+    for trial in trials:
+        if trial.user_attrs.get(SURPLUS):
+            continue
+        for index, record in sorted(repeat_records(trial.user_attrs, repeats).items()):
+            values = record["values"]
+            row = {"trial": trial.number, "repeat": index, "seed": record["seed"], "state": record["state"]}
+            row["value"] = values[0] if values else None
+            if len(objectives) > 1:
+                named = enumerate(objectives)
+                row |= {f"value_{name}": _exact(name, values[i]) if values else None for i, name in named}
+            rows.append(row | {key: record.get(key) for key in REPEAT_FACTS})
+    return rows
+
+
+def write_repeats(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """repeats.csv (a sweep with repeats > 1), rows by trial and repeat."""
+    write_csv(sweep_dir / REPEATS_FILE, sorted(rows, key=lambda row: (row["trial"], row["repeat"])))
 
 
 def folder_rows(

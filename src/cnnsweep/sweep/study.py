@@ -41,7 +41,18 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
-from cnnsweep.sweep.attrs import BEAT, OVER_BUDGET, OWNER, REASON, REQUEUED, RETRIED_FROM, SURPLUS
+from cnnsweep.sweep.attrs import (
+    BEAT,
+    CURVE,
+    OVER_BUDGET,
+    OWNER,
+    PRUNED_BY,
+    REASON,
+    REPEAT,
+    REQUEUED,
+    RETRIED_FROM,
+    SURPLUS,
+)
 from cnnsweep.sweep.storage import (
     DATABASE_ERRORS,
     JOURNAL,
@@ -260,10 +271,18 @@ def fresh_copy(trial: FrozenTrial) -> FrozenTrial:
 
     Nor its owner: a retry that inherited the dead worker's mark would, once a worker has popped it
     with ask() and before that worker's claim, look lost to every other worker and be failed again.
+    With repeats, the records (and epoch curves) of the repeats that ended are copied, so the retry runs only
+    the others; the curves of repeats that did not end are not (their reruns write new ones).
     """
     copied = copy.deepcopy(trial)
     copied.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (REQUEUED, REASON, SURPLUS)}
-    copied.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in (OWNER, BEAT)}
+    records = REPEAT.format("")  # the prefix of the repeats' records: repeat_<r>
+    ended = {CURVE.format(key.removeprefix(records)) for key in trial.user_attrs if key.startswith(records)}
+    copied.system_attrs = {
+        k: v
+        for k, v in trial.system_attrs.items()
+        if k not in (OWNER, BEAT, PRUNED_BY) and (not k.startswith(CURVE.format("")) or k in ended)
+    }
     return copied
 
 

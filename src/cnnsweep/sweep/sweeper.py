@@ -7,6 +7,9 @@ What it adds to the released sweeper (whose config and search-space parsing it r
 - every job learns its trial (trial N runs as job N: `hydra.job.num`) and reports to it each epoch, so
   the pruner can stop it: such trials are PRUNED, not FAIL (multi-objective trials run unpruned:
   Optuna cannot prune them);
+- `repeats=K` trains each trial on K seeds, one job each, spread over the lanes; the trial's value is their
+  mean (repeats.py); a free lane runs the next pending repeat of this worker's trials before it asks for a
+  new trial;
 - every sampled model is built in the sweep's own process before its job starts, and its distance to
   `budget.max_params` is the trial's Optuna constraint (`n_params - max_params`, feasible at <= 0): a
   model over budget is PRUNED with its positive constraint value, never runs and does not use up one of
@@ -30,6 +33,7 @@ What it adds to the released sweeper (whose config and search-space parsing it r
 
 StudySweeper is the loop; each of its jobs has a module:
     claims.py    ask the study for this worker's next trial, claim it, wait for other workers
+    repeats.py   a trial's repeats: their seeds, jobs and folders, and what they come to together
     budget.py    hold each drawn trial to budget.max_params before its job starts
     outcomes.py  what a trial's job came to: COMPLETE with its values, PRUNED or FAIL with the reason
     endings.py   the failure policy, the results files, the one line a stopped sweep ends with
@@ -58,13 +62,15 @@ from cnnsweep.errors import UserError
 from cnnsweep.files import MULTIRUN_FILE
 from cnnsweep.objectives import checked_directions
 from cnnsweep.packages import check_packages
-from cnnsweep.sweep.attrs import REASON
+from cnnsweep.sweep.attrs import CURVE, OVERRIDES, PRUNED_BY, REASON, REPEAT, REPEAT_SEEDS
 from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.confirming import ConfirmationStage, confirm_settings
 from cnnsweep.sweep.endings import FailurePolicy, ending_line, write_sweep_results
-from cnnsweep.sweep.outcomes import JobLost, job_outcome, tell
-from cnnsweep.sweep.results import row_params, row_values, sweep_objectives
+from cnnsweep.sweep.noise import repeat_seeds
+from cnnsweep.sweep.outcomes import JobLost, Outcome, job_outcome, tell
+from cnnsweep.sweep.repeats import TrialRepeats, check_repeats, repeat_record, trial_outcome
+from cnnsweep.sweep.results import repeat_records, row_params, row_values, sweep_objectives
 from cnnsweep.sweep.samplers import GridSearch, check_objectives, configure_trial, search_space
 from cnnsweep.sweep.storage import DATABASE_ERRORS, password_of, shown_url
 from cnnsweep.sweep.study import Lanes, heartbeats, open_storage, retry_later
@@ -93,6 +99,7 @@ class StudySweeper:
         grace_period: int | None,
         custom_search_space: str | None = None,
         confirm: Any = None,
+        repeats: int = 1,
     ) -> None:
         if custom_search_space:
             raise UserError(
@@ -106,6 +113,7 @@ class StudySweeper:
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.confirm = confirm  # hydra.sweeper.confirm: {top, seeds}
+        self.repeats = repeats
         self.sweep_dir: Path | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -123,6 +131,8 @@ class StudySweeper:
         self.objectives = sweep_objectives(self.config)
         self.directions = checked_directions(self.objectives, self.direction)
         self.distributions, self.fixed_params = self._search_space(arguments)
+        check_repeats(self.repeats, list(self.distributions))
+        self.seeds = repeat_seeds(self.config.seed, self.repeats) if self.repeats > 1 else [self.config.seed]
         check_objectives(self.sampler, self.objectives)
         # a sampler, launcher or logger whose package is missing: one line now, not a traceback mid-sweep
         check_packages(OmegaConf.to_container(self.config, resolve=False), self.config.hydra.runtime.choices)
@@ -136,6 +146,8 @@ class StudySweeper:
         self.study_id = open_study(
             self.rdb, self.storage, self.study_name, self.sampler, self.pruner, self.objectives, self.directions
         )
+        check_study_seeds(self.rdb, self.study_id, self.study_name, self.seeds)
+        self.open_trials: list[TrialRepeats] = []  # this worker's trials with repeats pending or running
         self.trackers = build_loggers(self.config.get("logger")).sweep_trackers()  # MLflow's parent run
         self.trackers.start(self.sweep_dir, self.study_name, self.directions, self.objectives)
         self.lock = threading.Lock()  # asking, telling and writing results happen one lane at a time
@@ -152,6 +164,7 @@ class StudySweeper:
             run_lanes(self._lane, 1 if self.in_process else self.n_jobs)
         # Without the database, the files written after the last finished trial stand.
         if not any(isinstance(error, DATABASE_ERRORS) for error in self.policy.errors):
+            self._requeue_unfinished()
             best = self._write_results()
             self.trackers.end([{"number": row["number"], "values": row_values(row, self.objectives),
                                 "params": row_params(row)} for row in best])  # fmt: skip
@@ -186,15 +199,16 @@ class StudySweeper:
     def _lane(self) -> None:
         """Run trials one after another until the study is full, the sweep aborts, or an error stops it."""
         try:
-            while (claimed := self._next_trial()) is not None:
+            while (claimed := self._next_job()) is not None:
                 if claimed is WAIT:
                     pause(self.heartbeat_interval, self._stopping)
                     continue
-                trial, overrides = claimed
+                trial, repeat = claimed
+                overrides, job_num = trial.job(repeat)
                 with heartbeats(self.lanes, trial.number, self.study_id):
-                    job = launch_job(self.launcher, overrides, trial.number, self.in_process)
+                    job = launch_job(self.launcher, overrides, job_num, self.in_process)
                 with self.lock:
-                    self._finish(self.claims.load(), trial.number, job)
+                    self._finish(self.claims.load(), trial, repeat, job)
                     self._write_results()
                     self.policy.check_failure_rate()
         except BaseException as error:
@@ -205,8 +219,9 @@ class StudySweeper:
         """Whether to start no more trials: the sweep stopped, or Ctrl-C / SIGTERM came."""
         return self.policy.stopped or self.stop_signal.signal_number is not None
 
-    def _next_trial(self) -> tuple[optuna.Trial, tuple[str, ...]] | object | None:
-        """Ask for and claim the next trial with its job overrides; None when there is nothing left to run.
+    def _next_job(self) -> tuple[TrialRepeats, int] | object | None:
+        """The next job to run: a pending repeat of this worker's trials, else the first job of a new trial
+        (asked for and claimed); None when there is nothing left to run.
 
         Draws over the parameter budget are recorded as PRUNED here, without a job, and do not count.
         WAIT while the study is full but other workers' trials are still running: if one of those
@@ -214,6 +229,12 @@ class StudySweeper:
         """
         with self.lock:
             while not self._stopping():
+                if pending := next((t for t in self.open_trials if t.pending), None):
+                    if not self._pruned_by(pending.number):
+                        return pending, pending.take()
+                    pending.pending.clear()  # the pruner stopped the trial: start none of its other repeats
+                    self._conclude_if_finished(self.claims.load(), pending)
+                    continue
                 asked = self.claims.next_trial()
                 if asked is None or asked is WAIT:
                     return asked
@@ -225,29 +246,100 @@ class StudySweeper:
                 if self.budget.over_budget(study, trial, overrides):
                     continue
                 trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
-                return trial, overrides  # launched as job number trial.number: its hydra.job.num and folder
+                carried = self._carried_over(trial, overrides)
+                if self.repeats > 1:
+                    trial.set_user_attr(OVERRIDES, list(overrides))  # the trial's; each repeat adds its seed
+                repeats = TrialRepeats(trial.number, overrides, self.seeds, carried)
+                self.open_trials.append(repeats)
+                if not repeats.pending:  # all its repeats had ended before it was re-queued
+                    self._conclude_if_finished(study, repeats)
+                    continue
+                return repeats, repeats.take()  # launched as job number trial.number (K = 1): its hydra.job.num
             return None
 
-    def _finish(self, study: optuna.Study, number: int, job: JobReturn) -> None:
+    def _finish(self, study: optuna.Study, trial: TrialRepeats, repeat: int, job: JobReturn) -> None:
         """Record the job's outcome on its trial (and count it if it failed)."""
-        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        outcome = job_outcome(job, number, self.objectives, self.config.hydra.launcher.get("timeout_min"))
-        for key, item in outcome.attrs.items():
-            self.rdb.set_trial_user_attr(trial_id, key, item)
+        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        name = f"{trial.number}" + (f" repeat {repeat} (seed {trial.seeds[repeat]})" if self.repeats > 1 else "")
+        outcome = job_outcome(job, name, self.objectives, self.config.hydra.launcher.get("timeout_min"))
+        if trial.closed:  # re-queued (interrupted) while this repeat ran: the retry runs it again
+            return
+        if self.repeats == 1:
+            for key, item in outcome.attrs.items():
+                self.rdb.set_trial_user_attr(trial_id, key, item)
         if isinstance(outcome.error, Interrupted):  # not the trial's fault: run its parameters again later
-            retry_later(study, self.rdb, trial_id, outcome.attrs[REASON])
+            trial.closed = True
+            self.open_trials.remove(trial)
+            retry_later(study, self.rdb, trial_id, outcome.attrs[REASON])  # its ended repeats are carried over
             self.policy.stop_with(outcome.error)
             return
-        tell(study, number, outcome.values, outcome.state)
+        if self.repeats == 1:
+            self._tell(study, trial, outcome)
+            return
+        curve = self.rdb.get_trial(trial_id).system_attrs.get(CURVE.format(repeat))
+        record = repeat_record(trial.seeds[repeat], outcome, curve)
+        self.rdb.set_trial_user_attr(trial_id, REPEAT.format(repeat), record)
+        trial.ended(repeat, record, outcome.error)
+        self._conclude_if_finished(study, trial)
+
+    def _carried_over(self, trial: optuna.Trial, overrides: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+        """The records of the repeats that had ended, of a re-queued trial (copied onto it), when they trained
+        what this sweep would: a rerun with other overrides (say, more epochs) runs all its repeats again."""
+        if self.repeats == 1:
+            return {}
+        carried = repeat_records(trial.user_attrs, self.repeats)
+        if carried and trial.user_attrs.get(OVERRIDES) != list(overrides):
+            log.info(f"trial {trial.number}: its carried-over repeats ran with other overrides; all run again")
+            return {}
+        return carried
+
+    def _conclude_if_finished(self, study: optuna.Study, trial: TrialRepeats) -> None:
+        """Tell a trial whose repeats have all ended what they came to together (repeats.py's rules)."""
+        if not trial.finished or trial.closed:
+            return
+        outcome = trial_outcome(trial, self._pruned_by(trial.number))
+        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        for key, item in outcome.attrs.items():
+            self.rdb.set_trial_user_attr(trial_id, key, item)
+        if outcome.state != TrialState.COMPLETE:
+            log.warning(f"trial {trial.number} {outcome.state.name}: {outcome.attrs[REASON]}")
+        self._tell(study, trial, outcome)
+
+    def _tell(self, study: optuna.Study, trial: TrialRepeats, outcome: Outcome) -> None:
+        trial.closed = True
+        if trial in self.open_trials:
+            self.open_trials.remove(trial)
+        tell(study, trial.number, outcome.values, outcome.state)
         if outcome.state == TrialState.FAIL:
+            trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             params = self.rdb.get_trial(trial_id).params  # (study.trials would copy every trial of the study)
-            self.policy.trial_failed(number, outcome.error, params)
+            self.policy.trial_failed(trial.number, outcome.error, params)
+
+    def _pruned_by(self, number: int) -> str | None:
+        """Why the pruner stopped trial `number` (a job of one of its repeats marked it), or None."""
+        if self.repeats == 1:
+            return None
+        trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self.rdb.get_trial(trial_id).system_attrs.get(PRUNED_BY)
+
+    def _requeue_unfinished(self) -> None:
+        """Queue again the trials whose repeats the sweep stopped before running (too many failures, Ctrl-C):
+        a rerun runs only those repeats (their finished ones are carried over); none is left RUNNING."""
+        for trial in [t for t in self.open_trials if not t.closed and self.repeats > 1]:
+            trial.closed = True
+            trial_id = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            unfinished = sorted({*trial.pending, *trial.running})
+            reason = f"interrupted: the sweep stopped before its repeats {unfinished} ended"
+            retry_later(self.claims.load(), self.rdb, trial_id, reason)
+        self.open_trials.clear()
 
     def _write_results(self) -> list[dict[str, Any]]:
         """trials.csv and optimization_results.yaml, and the trials' ends to the trackers; the best rows."""
         header = {"name": "optuna", "study_name": self.study_name, "storage": shown_url(self.storage)}
+        if self.repeats > 1:
+            header["repeat_seeds"] = self.seeds  # every trial's value is the mean over these seeds
         trials = self.rdb.get_all_trials(self.study_id)
-        best = write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header)
+        best = write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header, self.repeats)
         self.trackers.trials_ended(trials)
         return best
 
@@ -297,8 +389,23 @@ def open_study(
     return study_id
 
 
+def check_study_seeds(rdb: BaseStorage, study_id: int, study_name: str, seeds: list[int]) -> None:
+    """Record the seeds a study's repeats train on, or refuse a rerun that would train on others."""
+    recorded = rdb.get_study_user_attrs(study_id).get(REPEAT_SEEDS)
+    if recorded == seeds or (recorded is None and len(seeds) == 1):
+        return
+    if recorded is None and not rdb.get_all_trials(study_id, deepcopy=False):
+        rdb.set_study_user_attr(study_id, REPEAT_SEEDS, seeds)
+        return
+    made = f"with repeats on the seeds {recorded}" if recorded else "with one seed per trial"
+    raise UserError(
+        f"study {study_name!r} was made {made}, not on {seeds} as hydra.sweeper.repeats={len(seeds)} and "
+        f"seed={seeds[0]} ask; rerun with the study's settings or choose a new hydra.sweeper.study_name"
+    )
+
+
 def launch_job(launcher: Any, overrides: tuple[str, ...], number: int, in_process: bool) -> JobReturn:
-    """Run trial `number`'s job as job number `number`. A job in another process that ended without
+    """Run a trial's job as Hydra job number `number`. A job in another process that ended without
     returning (killed, out of memory, its node lost) is a failed job: its trial FAILs, the sweep goes on."""
     try:
         [job] = launcher.launch([overrides], initial_job_idx=number)

@@ -31,6 +31,8 @@ from cnnsweep.files import BEST_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
 from cnnsweep.sweep.confirmation import read_confirmation
 from cnnsweep.sweep.results import (
+    REPEATS,
+    VALUE_SD,
     best_row,
     count_states,
     folder_rows,
@@ -142,12 +144,13 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
     study_name = config.get("hydra", {}).get("sweeper", {}).get("study_name")
     objectives = sweep_objectives(config)
     directions = directions_of(objectives)
+    repeats = config.get("hydra", {}).get("sweeper", {}).get("repeats", 1)
     study = None
     if study_name and (sweep_dir / STUDY_DB).is_file():
         storage = open_storage(f"sqlite:///{sweep_dir / STUDY_DB}")  # an optuna 2.10 file: refused in one line
         study = optuna.load_study(study_name=study_name, storage=storage)
         directions = [direction.name.lower() for direction in study.directions]
-        rows, _ = study_rows(study.trials, objectives)
+        rows, _ = study_rows(study.trials, objectives, repeats)
     elif study_name and (sweep_dir / TRIALS_FILE).is_file():  # a study in a remote database
         rows = read_csv(sweep_dir / TRIALS_FILE)
     else:
@@ -160,6 +163,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
         "objectives": objectives,
         "directions": directions,
         "max_params": (config.get("budget") or {}).get("max_params"),
+        "repeats": repeats,
         "n_trials": len(rows),
         "trials_by_state": states,
         "best": None if several else best_row(rows, directions[0]),
@@ -256,7 +260,7 @@ def format_sweep(sweep: dict[str, Any]) -> str:
     if best is not None:
         test_acc = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "-"
         lines.append(
-            f"  best: trial {best['number']}, value {best['value']:.4f}, test_acc {test_acc}, "
+            f"  best: trial {best['number']}, value {_spread(best, 'value', VALUE_SD)}, test_acc {test_acc}, "
             f"{best.get('n_params') or 0:,} params, {best.get('run_dir')}"
         )
     results_file = Path(sweep["sweep"]) / BEST_FILE
@@ -266,9 +270,13 @@ def format_sweep(sweep: dict[str, Any]) -> str:
     if sweep["pareto_front"]:
         lines.append(f"  Pareto front ({len(sweep['pareto_front'])} trials, best {sweep['objectives'][0]} first):")
         for row in sweep["pareto_front"]:
-            values = ", ".join(f"{name} {_cell(name, row[f'value_{name}'])}" for name in sweep["objectives"])
+            values = ", ".join(
+                f"{name} {_spread(row, f'value_{name}', f'{VALUE_SD}_{name}')}" for name in sweep["objectives"]
+            )
             test_acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
             lines.append(f"    trial {row['number']}: {values}, test_acc {test_acc}, {row.get('run_dir')}")
+    if sweep["repeats"] > 1:
+        lines += format_repeated_trials(sweep)
     if sweep["confirmation"]:
         lines.append(format_confirmation(sweep["confirmation"], results.get("confirmed") or {}))
     return "\n".join(lines)
@@ -312,6 +320,28 @@ def _signed(value: float) -> str:
 def _interval(row: dict[str, Any], prefix: str) -> str:
     low, high = row[f"{prefix}_low"], row[f"{prefix}_high"]
     return "-" if low is None or high is None else f"{low:.4f}, {high:.4f}"
+
+
+def _spread(row: dict[str, Any], value: str, sd: str) -> str:
+    """A value with its sd over the trial's repeats, if it has some: `0.9912 +- 0.0004 (3 repeats)`."""
+    column = value.removeprefix("value_")  # the objective's name: its cell's format
+    if row.get(sd) is None:
+        return _cell(column, row[value])
+    return f"{_cell(column, row[value])} +- {_cell(column, row[sd])} ({row[REPEATS]} repeats)"
+
+
+def format_repeated_trials(sweep: dict[str, Any], top: int = 10) -> list[str]:
+    """The best COMPLETE trials of a sweep with repeats: the mean +- sd over their seeds, and test_acc's mean."""
+    rows = [row for row in sweep["rows"] if row["state"] == COMPLETE and row["value"] is not None]
+    sign = -1 if sweep["directions"][0] == MAXIMIZE else 1
+    rows.sort(key=lambda row: sign * row["value"])
+    objective = sweep["objectives"][0]
+    lines = [f"  trials by {objective}, mean +- sd over {sweep['repeats']} seeds (best {min(top, len(rows))}):"]
+    for row in rows[:top]:
+        test_acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
+        params = " ".join(f"{key}={value}" for key, value in row_params(row).items())
+        lines.append(f"    trial {row['number']}: {_spread(row, 'value', VALUE_SD)}, test_acc {test_acc}  {params}")
+    return lines
 
 
 def build(

@@ -142,6 +142,9 @@ class CnnsweepSweeperConf(OptunaSweeperConf):
     heartbeat_interval: int = 60  # seconds between "still running" marks on each running trial
     grace_period: Optional[int] = None  # seconds without a mark before a trial counts as lost (2x interval)
     confirm: ConfirmConf = field(default_factory=ConfirmConf)
+    # Seeds each trial trains on (one job each, spread over the lanes): its value is their mean. Every trial uses
+    # the same seeds: seed, seed+1, ..., seed+repeats-1 (cnnsweep.sweep.noise.repeat_seeds).
+    repeats: int = 1
     # (Each job's trial number is its hydra.job.num: the sweeper launches trial N as job N. Hydra 1.4 lets no
     # job change hydra.sweeper.*, so it can no longer be a per-job override.)
 

@@ -133,7 +133,7 @@ def test_repeats_and_confirmation_remove_the_seed_part_of_the_curse_not_the_spli
 
 
 def test_at_equal_runs_on_a_flat_top_repeats_choose_worse_and_confirmation_as_well_as_single_seeds(tpe_sweeps):
-    """The ordering the full run shows (docs/noise-simulation.md): repeats search a third as many
+    """The ordering the full run shows (docs/noise.md): repeats search a third as many
     configurations, and the split's deviation, which no repeat averages away, decides the choice as much
     as the seed noise does; confirming the top 3 costs little search and chooses as well as single seeds."""
     fewer = paired(tpe_sweeps, "search_regret", ("tpe", "repeats"), ("tpe", "single"))

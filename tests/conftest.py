@@ -11,6 +11,7 @@ import torch
 
 from browser import chromium_command
 from helpers import REPO, synthetic_digits, write_cifar10, write_idx, write_image_folder
+from postgres import throwaway_server
 
 # Test files run two at a time on our 2-core machines (pyproject.toml): a test that trains in its own
 # process uses one core, as a sweep's trials do (README, Parallel), instead of both workers contending
@@ -87,3 +88,14 @@ def chromium() -> list[str]:
     if command is None:
         pytest.skip(why_not)
     return command
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback for one test file (tests/postgres.py); skipped, saying why,
+    where none can be started."""
+    try:
+        with throwaway_server() as url:
+            yield url
+    except RuntimeError as reason:
+        pytest.skip(f"no PostgreSQL server could be started: {reason}")

@@ -23,22 +23,12 @@ from cnnsweep.sweep.attrs import OWNER, REASON, REQUEUED, RETRIED_FROM, SURPLUS
 from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
 
 from helpers import read_trials, train_py
-from postgres import throwaway_server
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
 
 HEARTBEAT_S = 1  # hydra.sweeper.heartbeat_interval of the heartbeat and chaos tests
 GRACE_S = 3  # hydra.sweeper.grace_period: a trial is stale once (db now - heartbeat).seconds > GRACE_S
 SHORT_HEARTBEATS = (f"hydra.sweeper.heartbeat_interval={HEARTBEAT_S}", f"hydra.sweeper.grace_period={GRACE_S}")
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    try:
-        with throwaway_server() as url:
-            yield url
-    except RuntimeError as reason:
-        pytest.skip(f"no PostgreSQL server could be started: {reason}")
 
 
 @pytest.fixture

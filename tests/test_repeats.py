@@ -35,7 +35,6 @@ from cnnsweep.sweep.sweeper import check_study_seeds
 from cnnsweep.sweep.trial import Pruned, RepeatReporter
 
 from helpers import load_study, read_trials, summary, tool, train_py
-from postgres import throwaway_server
 
 # ---- the pieces, in this process ----
 
@@ -392,15 +391,6 @@ def test_ctrl_c_requeues_a_trial_with_its_finished_repeats_and_the_rerun_runs_th
     assert (carried["run_dir"], carried["epochs_run"]) == (str(sweep_dir / "0" / "0"), "6")
     assert (rerun["run_dir"], rerun["epochs_run"]) == (str(sweep_dir / "1" / "1"), "6")
     assert not (sweep_dir / "1" / "0").exists()
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    try:
-        with throwaway_server() as url:
-            yield url
-    except RuntimeError as reason:
-        pytest.skip(f"no PostgreSQL server could be started: {reason}")
 
 
 @pytest.mark.slow

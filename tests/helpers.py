@@ -155,6 +155,33 @@ def sweep_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
 IN_PROCESS = ("hydra/launcher=basic", "hydra.sweeper.n_jobs=1")  # a sweep's trials one at a time, in its process
 
 
+def optuna_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """The lr_gamma_dropout search (TPE) in a study named 'test', trials in the sweep's process."""
+    return sweep_overrides(
+        root, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test", *IN_PROCESS, *extra
+    )
+
+
+def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    """cnnsweep's sweeper with Optuna's grid sampler over the command line's sweeps."""
+    return sweep_overrides(
+        root,
+        sweep_dir,
+        "hydra/sweeper=cnnsweep",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.study_name=test",
+        "objective=val_acc",
+        *extra,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    """The one `error:` line a sweep that stopped early ends with (and no traceback)."""
+    assert result.returncode == exit_code and "Traceback" not in result.stdout + result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
 def train_py(
     *args: str,
     wait: bool = True,

@@ -20,7 +20,6 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
-from test_sweep import error_line, optuna_overrides
 
 from cnnsweep.files import BEST_FILE, CONFIRMATION_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, SUMMARY_FILE
 from cnnsweep.objectives import MAXIMIZE, MINIMIZE
@@ -46,7 +45,7 @@ from cnnsweep.tools import confirm as confirm_tool
 from cnnsweep.train.signals import Interrupted
 from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
-from helpers import load_study, read_trials, study_url, summary, tool, train_py
+from helpers import error_line, load_study, optuna_overrides, read_trials, study_url, summary, tool, train_py
 
 
 def runs_of(trial: int, values: list[float], first_seed: int = 3, test: float = 0.99) -> list[SeedRun]:

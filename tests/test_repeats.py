@@ -13,11 +13,21 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from test_sweep import IN_PROCESS, grid_study_overrides, optuna_overrides
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import BEST_FILE, METRICS_FILE, REPEATS_FILE
-from cnnsweep.sweep.attrs import CURVE, OWNER, PRUNED_BY, REASON, REPEAT, REPEAT_SEEDS, REQUEUED, SURPLUS
+from cnnsweep.sweep.attrs import (
+    CURVE,
+    OWNER,
+    PRUNED_BY,
+    REASON,
+    REPEAT,
+    REPEAT_SEEDS,
+    REPEATS_RAN,
+    REQUEUED,
+    SURPLUS,
+    VALUES_SD,
+)
 from cnnsweep.sweep.noise import repeat_seeds
 from cnnsweep.sweep.outcomes import Outcome
 from cnnsweep.sweep.repeats import (
@@ -34,7 +44,7 @@ from cnnsweep.sweep.study import fresh_copy, open_storage
 from cnnsweep.sweep.sweeper import check_study_seeds
 from cnnsweep.sweep.trial import Pruned, RepeatReporter
 
-from helpers import load_study, read_trials, summary, tool, train_py
+from helpers import IN_PROCESS, grid_study_overrides, load_study, optuna_overrides, read_trials, summary, tool, train_py
 
 # ---- the pieces, in this process ----
 
@@ -234,6 +244,9 @@ def test_each_trial_trains_on_the_same_seeds_in_its_own_folders_and_its_value_is
         assert row["state"] == "COMPLETE" and row["repeats"] == "3"
         assert float(row["value"]) == pytest.approx(statistics.fmean(values)) == pytest.approx(trial.value)
         assert float(row["value_sd"]) == pytest.approx(statistics.stdev(values))
+        # the trial's own attrs, which the dashboard shows beside its value (the mean)
+        assert trial.user_attrs[VALUES_SD] == [pytest.approx(statistics.stdev(values))]
+        assert trial.user_attrs[REPEATS_RAN] == 3
         assert float(row["test_acc"]) == pytest.approx(statistics.fmean(float(run["test_acc"]) for run in runs))
         assert row["run_dir"] == str(sweep_dir / row["number"])
         for run, seed in zip(runs, seeds, strict=True):
@@ -419,3 +432,35 @@ def test_two_workers_on_one_study_run_each_repeat_of_every_trial_once(tiny_mnist
     )  # each repeat ran once, in one worker
     for i in range(2):  # each worker's tables list the whole study
         assert len(read_repeats(tmp_path / f"worker{i}")) == 8
+
+
+@pytest.mark.slow
+def test_mlflow_shows_each_trials_mean_and_sd_beside_a_run_per_repeat(tiny_mnist, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from cnnsweep.track.mlflow import REPEAT_OF_TAG, REPEAT_TAG, TRIAL_TAG
+
+    sweep_dir, store = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = optuna_overrides(
+        tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.repeats=2", "logger=mlflow",
+        f"logger.mlflow.tracking_uri={store}",
+    )  # fmt: skip
+    result = train_py(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = mlflow.tracking.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("cnnsweep").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {"test", "trial 0", "trial 1", "trial 0 repeat 0", "trial 0 repeat 1",
+                            "trial 1 repeat 0", "trial 1 repeat 1"}  # fmt: skip
+    repeats = by_trial(read_repeats(sweep_dir))
+    for row in read_trials(sweep_dir):
+        number = int(row["number"])
+        trial = by_name[f"trial {number}"]
+        assert trial.data.tags[TRIAL_TAG] == str(number) and REPEAT_TAG not in trial.data.tags
+        assert trial.data.metrics["objective.val_acc"] == pytest.approx(float(row["value"]))  # the mean
+        assert trial.data.metrics["objective.val_acc.sd"] == pytest.approx(float(row["value_sd"]))
+        assert trial.data.metrics["repeats"] == 2
+        for run in repeats[number]:
+            own = by_name[f"trial {number} repeat {run['repeat']}"]
+            assert (own.data.tags[REPEAT_OF_TAG], own.data.tags[REPEAT_TAG]) == (str(number), run["repeat"])
+            assert own.data.params["seed"] == run["seed"] and TRIAL_TAG not in own.data.tags
+            assert own.data.metrics["summary.objective_value"] == pytest.approx(float(run["value"]))

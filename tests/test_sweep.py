@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,34 +18,19 @@ from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.train.model import ConvNet, count_parameters
 
-from helpers import IN_PROCESS, REPO, load_study, read_trials, summary, sweep_overrides, tool, train_py
-
-
-def optuna_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
-    """The lr_gamma_dropout search (TPE) in a study named 'test', trials in the sweep's process."""
-    return sweep_overrides(
-        root, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test", *IN_PROCESS, *extra
-    )
-
-
-def grid_study_overrides(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
-    """cnnsweep's sweeper with Optuna's grid sampler over the command line's sweeps."""
-    return sweep_overrides(
-        root,
-        sweep_dir,
-        "hydra/sweeper=cnnsweep",
-        "hydra/sweeper/sampler=grid",
-        "hydra.sweeper.study_name=test",
-        "objective=val_acc",
-        *extra,
-    )
-
-
-def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
-    """The one `error:` line a sweep that stopped early ends with (and no traceback)."""
-    assert result.returncode == exit_code and "Traceback" not in result.stdout + result.stderr, result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    return line
+from helpers import (
+    IN_PROCESS,
+    REPO,
+    error_line,
+    grid_study_overrides,
+    load_study,
+    optuna_overrides,
+    read_trials,
+    summary,
+    sweep_overrides,
+    tool,
+    train_py,
+)
 
 
 def test_optuna_sweep_records_every_trial_with_its_facts(tiny_mnist, tmp_path):

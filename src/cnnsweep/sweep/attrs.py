@@ -13,6 +13,8 @@ SURPLUS = "surplus"  # asked beyond n_trials by a racing worker, never run
 CONFIRMS = "confirms"  # a confirmation trial: the number of the search trial whose configuration it re-trains
 CONFIRM_SEED = "confirm_seed"  # a confirmation trial: the fresh seed it trains on
 REPEAT = "repeat_{}"  # (hydra.sweeper.repeats > 1) repeat i's record once it ended: seed, state, values, facts
+VALUES_SD = "values_sd"  # (repeats > 1) a COMPLETE trial's sample sd over its repeats, one per objective
+REPEATS_RAN = "repeats"  # (repeats > 1) how many of the trial's repeats ended (the dashboard shows both)
 
 # Study user attrs
 REPEAT_SEEDS = "repeat_seeds"  # (repeats > 1) the seeds every trial's repeats train on: a rerun must use the same

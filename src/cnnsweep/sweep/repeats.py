@@ -27,7 +27,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cnnsweep.errors import UserError
-from cnnsweep.sweep.attrs import REASON
+from cnnsweep.sweep.attrs import REASON, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.outcomes import Outcome
 
 SEED = "seed"  # the key a repeat's job overrides
@@ -135,8 +135,10 @@ def trial_outcome(trial: TrialRepeats, pruned_by: str | None) -> Outcome:
             return Outcome(state, None, trial.errors.get(first), {**facts, REASON: reason})
     if pruned_by is not None or len(records) < len(trial.seeds):  # pruned before its last repeats started
         return Outcome(TrialState.PRUNED, None, None, {**facts, REASON: pruned_by or "pruned"})
-    values = [statistics.fmean(column) for column in zip(*(records[r]["values"] for r in sorted(records)), strict=True)]
-    return Outcome(TrialState.COMPLETE, values, None, facts)
+    columns = list(zip(*(records[r]["values"] for r in sorted(records)), strict=True))  # one per objective
+    values = [statistics.fmean(column) for column in columns]
+    spread = {VALUES_SD: [statistics.stdev(column) for column in columns]} if len(records) > 1 else {}
+    return Outcome(TrialState.COMPLETE, values, None, {**facts, **spread, REPEATS_RAN: len(records)})
 
 
 def mean_of(values: Sequence[float | None]) -> float | None:

@@ -56,13 +56,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import MULTIRUN_FILE
 from cnnsweep.objectives import checked_directions
 from cnnsweep.packages import check_packages
-from cnnsweep.sweep.attrs import CURVE, OVERRIDES, PRUNED_BY, REASON, REPEAT, REPEAT_SEEDS
+from cnnsweep.sweep.attrs import CURVE, OVERRIDES, PRUNED_BY, REASON, REPEAT, REPEAT_SEEDS, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.confirming import ConfirmationStage, confirm_settings
@@ -340,8 +340,13 @@ class StudySweeper:
             header["repeat_seeds"] = self.seeds  # every trial's value is the mean over these seeds
         trials = self.rdb.get_all_trials(self.study_id)
         best = write_sweep_results(self.sweep_dir, trials, self.objectives, self.directions, header, self.repeats)
-        self.trackers.trials_ended(trials)
+        self.trackers.trials_ended(trials, {t.number: self._spread(t) for t in trials if VALUES_SD in t.user_attrs})
         return best
+
+    def _spread(self, trial: FrozenTrial) -> dict[str, float]:
+        """A trial's sd over its repeats, per objective, and how many ran: what the trackers show beside its mean."""
+        sds = dict(zip(self.objectives, trial.user_attrs[VALUES_SD], strict=True))
+        return {**{f"{name}.sd": sd for name, sd in sds.items()}, "repeats": trial.user_attrs[REPEATS_RAN]}
 
     @property
     def seed(self) -> int | None:

@@ -127,8 +127,15 @@ def trial_place(hydra_cfg: DictConfig) -> SweepInfo | None:
     sweeper = cnnsweep_sweeper(hydra_cfg)
     if sweeper is None or is_confirmation(hydra_cfg):
         return None  # (a confirmation run is tracked as a run of its own)
-    number, _ = job_place(int(hydra_cfg.job.num), sweeper.get("repeats", 1))
+    repeats = sweeper.get("repeats", 1)
+    number, repeat = job_place(int(hydra_cfg.job.num), repeats)
     storage = open_storage(sweeper.storage)
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
-    return SweepInfo(Path(hydra_cfg.sweep.dir), sweeper.study_name, number, dict(trial.params))
+    return SweepInfo(
+        Path(hydra_cfg.sweep.dir),
+        sweeper.study_name,
+        number,
+        dict(trial.params),
+        repeat=repeat if repeats > 1 else None,
+    )

@@ -39,6 +39,7 @@ class SweepInfo:
     trial_number: int
     params: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
+    repeat: int | None = None  # which of the trial's seeds this run is (hydra.sweeper.repeats > 1), else None
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class SweepTrackers(Guarded):
     trials that never ran: over budget, failed before their job) and the best trials at the end.
 
     Each tracker object has start(sweep_dir, study_name, directions, metric_names), trial_ended(number,
-    state, params, values, run_dir) and end(best_trials), and may have confirmed(winner), told after a
+    state, params, values, run_dir, spread) and end(best_trials), and may have confirmed(winner), told after a
     confirmation on fresh seeds (see cnnsweep.track.mlflow.MLflowSweepTracker).
     """
 
@@ -144,13 +145,17 @@ class SweepTrackers(Guarded):
     def start(self, sweep_dir: Path, study_name: str, directions: list[str], metric_names: list[str]) -> None:
         self._each("start", sweep_dir, study_name, directions, metric_names)
 
-    def trials_ended(self, trials: Iterable[Any]) -> None:
-        """Pass on the end of each finished trial (Optuna FrozenTrials) not passed on before."""
+    def trials_ended(self, trials: Iterable[Any], spreads: Mapping[int, Mapping[str, float]] | None = None) -> None:
+        """Pass on the end of each finished trial (Optuna FrozenTrials) not passed on before; `spreads`: a
+        trial's sd over its repeats (`<objective>.sd`) and how many ran (`repeats`), by trial number."""
         for trial in trials:
             if self.loggers and trial.state.is_finished() and trial.number not in self.told:
                 run_dir = trial.user_attrs.get("run_dir")
                 values = trial.values if trial.values else None
-                self._each("trial_ended", trial.number, trial.state, trial.params, values, run_dir and Path(run_dir))
+                spread = (spreads or {}).get(trial.number)
+                self._each(
+                    "trial_ended", trial.number, trial.state, trial.params, values, run_dir and Path(run_dir), spread
+                )
                 self.told.add(trial.number)
 
     def end(self, best_trials: list[Mapping[str, Any]]) -> None:

@@ -30,6 +30,9 @@ PARENT_FILE = "mlflow_parent.json"
 DEFAULT_EXPERIMENT = "cnnsweep"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a child run under its parent
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, STATE_TAG = "cnnsweep.trial", "cnnsweep.study", "cnnsweep.status", "cnnsweep.state"
+# A trial with repeats: each repeat's run is tagged with its trial and repeat (not TRIAL_TAG, which marks the one
+# run per trial that the sweeper gives the trial's mean and sd over its repeats).
+REPEAT_OF_TAG, REPEAT_TAG = "cnnsweep.repeat_of", "cnnsweep.repeat"
 # summary.json status -> MLflow run status (pruned: stopped early on purpose, as Optuna's PRUNED)
 RUN_STATUS = {RunStatus.COMPLETED: "FINISHED", RunStatus.PRUNED: "KILLED", RunStatus.INTERRUPTED: "KILLED"}
 TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "RUNNING": "RUNNING"}  # Optuna state -> MLflow
@@ -121,8 +124,13 @@ def read_id(path: Path) -> str | None:
     return json.loads(path.read_text())["run_id"] if path.is_file() else None
 
 
-def trial_name(number: int) -> str:
-    return f"trial {number}"
+def trial_name(number: int, repeat: int | None = None) -> str:
+    return f"trial {number}" if repeat is None else f"trial {number} repeat {repeat}"
+
+
+def place_tags(number: int, repeat: int | None) -> dict[str, str]:
+    """The tags that tell a trial's run (or one repeat's run of it) from the sweep's other runs."""
+    return {TRIAL_TAG: str(number)} if repeat is None else {REPEAT_OF_TAG: str(number), REPEAT_TAG: str(repeat)}
 
 
 def summary_figures(summary: Mapping[str, Any]) -> dict[str, float]:
@@ -159,13 +167,14 @@ class MLflowLogger(Logger):
         parent = None
         if run.sweep is not None:
             parent = run.sweep.parent_run_id or read_id(run.sweep.sweep_dir / PARENT_FILE)
-            tags |= {TRIAL_TAG: str(run.sweep.trial_number), STUDY_TAG: run.sweep.study_name}
+            tags |= place_tags(run.sweep.trial_number, run.sweep.repeat) | {STUDY_TAG: run.sweep.study_name}
         if parent is not None:
             tags[PARENT_TAG] = parent
             experiment = self.client.get_run(parent).info.experiment_id
         else:
             experiment = experiment_id(self.client, self.experiment)
-        name = run.name if run.sweep is None else trial_name(run.sweep.trial_number)  # the same from either side
+        # the same name from either side (the job's run, the sweeper's child for a trial that never ran)
+        name = run.name if run.sweep is None else trial_name(run.sweep.trial_number, run.sweep.repeat)
         created = self.client.create_run(experiment, run_name=name, tags=tags)
         self.run_id = created.info.run_id
         write_json(id_file, {"run_id": self.run_id, "experiment_id": experiment, "tracking_uri": self.shown_uri})
@@ -250,9 +259,14 @@ class MLflowSweepTracker:
         params: Mapping[str, Any],
         values: list[float] | None,
         run_dir: Path | None = None,
+        spread: Mapping[str, float] | None = None,
     ) -> str:
         """Tag trial `number`'s child run with its Optuna state (COMPLETE, PRUNED, FAIL; a TrialState or its
-        name) and objective values; make the child if the trial's job made none. Returns the child's id."""
+        name) and objective values; make the child if the trial's job made none. Returns the child's id.
+
+        With repeats, `values` are the means over the trial's seeds and `spread` their sd per objective
+        (`<objective>.sd`) and how many ran (`repeats`): the child, made here, holds those, beside the repeats'
+        own runs (`trial N repeat r`)."""
         state_name = getattr(state, "name", str(state))
         child = self._child_of(number, run_dir)
         if child is not None and self.client.get_run(child).data.tags.get(STATE_TAG) == state_name:
@@ -264,6 +278,10 @@ class MLflowSweepTracker:
             log_params(self.client, child, dict(params))
         if values:
             log_metrics(self.client, child, self.objective_values(values))
+        if spread:
+            log_metrics(
+                self.client, child, {f"objective.{key}" if key != "repeats" else key: v for key, v in spread.items()}
+            )
         self.client.set_tag(child, STATE_TAG, state_name)
         if self.client.get_run(child).info.status == "RUNNING":  # never ran, or its job died before end()
             self.client.set_terminated(child, TRIAL_STATUS.get(state_name, "FAILED"))

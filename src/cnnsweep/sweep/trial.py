@@ -118,7 +118,8 @@ def cnnsweep_sweeper(hydra_cfg: DictConfig) -> Any:
 def is_confirmation(hydra_cfg: DictConfig) -> bool:
     """Whether the job is a confirmation run (cnnsweep.sweep.confirming), told by its folder: <sweep>/confirm/...
     Its job number is its confirmation trial's, not a search trial's."""
-    return str(hydra_cfg.sweep.get("subdir", "")).split("/", 1)[0] == CONFIRM_DIR
+    sweep = hydra_cfg.get("sweep") or {}  # (a job's hydra config always has it; a hand-made one may not)
+    return str(sweep.get("subdir", "")).split("/", 1)[0] == CONFIRM_DIR
 
 
 def trial_place(hydra_cfg: DictConfig) -> SweepInfo | None:

@@ -1,10 +1,14 @@
 """The real config: every option composes and instantiates; typos and wrong types are refused."""
 
+import inspect
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 
-from cnnsweep.schema import compose_config
+from cnnsweep.schema import GROUPS as SCHEMA_GROUPS
+from cnnsweep.schema import compose_config, register_options, target_nodes
+from cnnsweep.signatures import parameters
 from cnnsweep.train.model import check_budget, count_parameters
 
 from helpers import CONF, compose_train
@@ -98,6 +102,71 @@ def test_a_misspelt_key_inside_a_yaml_file_is_refused(tmp_path):
     with pytest.raises(ConfigCompositionException) as error:
         compose_train([f"hydra.searchpath=[file://{tmp_path}]", "optimizer=typo"])
     assert "momentun" in str(error.value) + str(error.value.__cause__)
+
+
+# (file, what it sets): an option whose `_target_` takes no such argument (a third-party class, one of ours)
+NOT_PARAMETERS = [
+    ("optimizer/sgd_typo.yaml", "_target_: torch.optim.SGD\n_partial_: true\nlr: 0.1\nmomentun: 0.9\n", "momentun"),
+    ("augmentation/spin.yaml", "_target_: cnnsweep.train.augment.RandomRotation\ndegrees: 7.0\n"
+     "interpolation: nearest\nfill: 0\n", "fill"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("file", "content", "key"), NOT_PARAMETERS)
+def test_an_option_setting_a_key_its_target_does_not_take_is_refused_when_composing(tmp_path, file, content, key):
+    group, name = file.removesuffix(".yaml").split("/")
+    (tmp_path / group).mkdir()
+    (tmp_path / file).write_text(f"defaults:\n  - /schema/{group}@_here_: {name}\n  - _self_\n{content}")
+    register_options(tmp_path)  # as `import cnnsweep` does for conf/: the schema comes from the target's signature
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([f"hydra.searchpath=[file://{tmp_path}]", f"{group}={name}"])
+    assert f"Key '{key}' not in" in str(error.value) + str(error.value.__cause__)
+
+
+TARGETS = sorted(
+    {str(node["_target_"]) for group in SCHEMA_GROUPS for path in (CONF / group).glob("*.yaml")
+     for node in target_nodes(path).values()}
+)  # fmt: skip
+
+
+def runtime_parameters(target) -> list[inspect.Parameter]:
+    """inspect's parameters of a class or function, followed through **kwargs into the base class's __init__."""
+    found, seen = [], set()
+    for owner in inspect.getmro(target) if inspect.isclass(target) else [target]:
+        function = owner.__init__ if inspect.isclass(target) else owner
+        if inspect.isclass(target) and "__init__" not in vars(owner):
+            continue
+        signature = list(inspect.signature(function).parameters.values())[1 if inspect.isclass(target) else 0 :]
+        found += [p for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in seen]
+        seen |= {p.name for p in signature}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_schemas_source_reading_agrees_with_inspect(target):
+    """The schemas read signatures from source (no import of torch at `import cnnsweep`): the same parameters,
+    in the same order, with the same defaults present, as the imported target's signature."""
+    expected = [(p.name, p.default is inspect.Parameter.empty) for p in runtime_parameters(get_object(target))]
+    assert [(p.name, p.required) for p in parameters(target)] == expected
+
+
+def test_a_schema_holds_the_keys_its_option_sets_typed_by_the_signature():
+    cfg = compose_train(["optimizer=rmsprop", "optimizer.momentum=0.5"])
+    assert list(cfg.optimizer) == [
+        "_target_",
+        "_partial_",
+        "lr",
+        "alpha",
+        "eps",
+        "weight_decay",
+        "momentum",
+        "centered",
+    ]
+    assert cfg.optimizer.momentum == 0.5  # the signature's other arguments (foreach, capturable, ...) stay torch's
+    with pytest.raises(ConfigCompositionException):
+        compose_train(["optimizer=rmsprop", "optimizer.centered=sometimes"])  # bool, from `centered: bool`
 
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))

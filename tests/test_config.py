@@ -6,6 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_class, get_object, instantiate
 
+from cnnsweep.cli import precheck
 from cnnsweep.schema import GROUPS as SCHEMA_GROUPS
 from cnnsweep.schema import compose_config, register_options, target_nodes
 from cnnsweep.signatures import parameters
@@ -123,6 +124,20 @@ def test_an_option_setting_a_key_its_target_does_not_take_is_refused_when_compos
     assert f"Key '{key}' not in" in str(error.value) + str(error.value.__cause__)
 
 
+def test_an_option_of_a_config_dir_is_checked_against_its_targets_signature(tmp_path, capsys):
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "mine.yaml").write_text(
+        "defaults:\n  - /schema/optimizer@_here_: mine\n  - _self_\n"
+        "_target_: torch.optim.Adagrad\n_partial_: true\nlr: 0.01\nlr_decay: 0.0\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        precheck(["--config-dir", str(tmp_path), "optimizer=mine", "optimizer.lr_decy=0.1"], CONF)
+    said = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and said == (
+        "error: optimizer.lr_decy is not a key of optimizer; allowed keys: lr, lr_decay"
+    )  # Adagrad's own arguments that the option sets: its other ones keep torch's defaults
+
+
 TARGETS = sorted(
     {str(node["_target_"]) for group in SCHEMA_GROUPS for path in (CONF / group).glob("*.yaml")
      for node in target_nodes(path).values()}
@@ -130,18 +145,17 @@ TARGETS = sorted(
 
 
 def runtime_parameters(target) -> list[inspect.Parameter]:
-    """inspect's parameters of a class or function, followed through **kwargs into the base class's __init__."""
-    found, seen = [], set()
-    for owner in inspect.getmro(target) if inspect.isclass(target) else [target]:
-        function = owner.__init__ if inspect.isclass(target) else owner
-        if inspect.isclass(target) and "__init__" not in vars(owner):
-            continue
-        signature = list(inspect.signature(function).parameters.values())[1 if inspect.isclass(target) else 0 :]
-        found += [p for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in seen]
-        seen |= {p.name for p in signature}
-        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+    """inspect's parameters of a class or function; a class's own after its base's where its __init__ passes
+    **kwargs on to the base's."""
+    if not inspect.isclass(target):
+        return list(inspect.signature(target).parameters.values())
+    levels = []
+    for owner in (owner for owner in inspect.getmro(target) if "__init__" in vars(owner)):
+        levels.append(list(inspect.signature(owner.__init__).parameters.values())[1:])
+        if not any(p.kind == p.VAR_KEYWORD for p in levels[-1]):
             break
-    return found
+    found = [p for level in reversed(levels) for p in level if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return [p for i, p in enumerate(found) if p.name not in {q.name for q in found[:i]}]
 
 
 @pytest.mark.parametrize("target", TARGETS)

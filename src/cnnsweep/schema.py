@@ -1,9 +1,12 @@
 """Typed schemas for every config group option, registered in Hydra's ConfigStore.
 
-Each YAML option in conf/ starts its defaults list with its schema (e.g. `/schema/optimizer@_here_:
-sgd`), so a misspelt key or a value of the wrong type is refused while the config is composed,
-before any work starts. The schemas hold types only: every value lives in the YAML files, and the
-classes they build take every setting from there (their constructors have no defaults of their own).
+Each option of a group in conf/ (a `_target_` node) starts its defaults list with its schema, under its own
+name (`/schema/optimizer@_here_: sgd`), so that a misspelt key or a value of the wrong type is refused
+while the config is composed, before any work starts. The schemas are not written by hand: `import
+cnnsweep` reads each option file's `_target_` and makes its schema from that target's signature
+(`option_schema`; cnnsweep.signatures reads it from source). Adding an option is its YAML file (and its
+class, if new). The schemas hold types only: every value lives in the YAML files, and the classes they
+build take every setting from there (their constructors have no defaults of their own).
 """
 
 import dataclasses

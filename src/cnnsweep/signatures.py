@@ -40,7 +40,7 @@ class SignatureError(Exception):
 
 def parameters(target: str) -> list[Parameter]:
     """The named parameters of `target` (a dotted path to a class or function), in signature order; a class's
-    are its `__init__`'s, followed through `**kwargs` into its base class's `__init__`."""
+    are its `__init__`'s, after those of its base class's `__init__` where it passes `**kwargs` on to it."""
     module, _, name = target.rpartition(".")
     tree, node = find_definition(module, name)
     return parameters_of(tree, node)
@@ -56,8 +56,9 @@ def parameters_of(tree: ast.Module, node: ast.AST) -> list[Parameter]:
     own = list(arguments(init, skip_first=True))
     if init.args.kwarg is None:
         return own
+    # the base's first, as a subclass's own come after its base's (a dataclass's fields, the config's keys)
     named = {parameter.name for parameter in own}
-    return own + [parameter for parameter in base_parameters(tree, node) if parameter.name not in named]
+    return [parameter for parameter in base_parameters(tree, node) if parameter.name not in named] + own
 
 
 def base_parameters(tree: ast.Module, node: ast.ClassDef) -> list[Parameter]:

@@ -138,6 +138,19 @@ def test_an_option_of_a_config_dir_is_checked_against_its_targets_signature(tmp_
     )  # Adagrad's own arguments that the option sets: its other ones keep torch's defaults
 
 
+def test_an_option_whose_target_has_no_source_to_read_composes_with_its_own_keys(tmp_path):
+    (tmp_path / "augmentation").mkdir()
+    (tmp_path / "augmentation" / "compiled.yaml").write_text(
+        "defaults:\n  - /schema/augmentation@_here_: compiled\n  - _self_\n_target_: builtins.dict\nstrength: 1\n"
+    )  # builtins: compiled into Python, no source file
+    register_options(tmp_path)
+    searched = f"hydra.searchpath=[file://{tmp_path}]"
+    assert compose_train([searched, "augmentation=compiled", "augmentation.strength=2"]).augmentation.strength == 2
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([searched, "augmentation=compiled", "augmentation.strenght=2"])
+    assert "Key 'strenght' not in 'DictSchema'" in str(error.value) + str(error.value.__cause__)
+
+
 TARGETS = sorted(
     {str(node["_target_"]) for group in SCHEMA_GROUPS for path in (CONF / group).glob("*.yaml")
      for node in target_nodes(path).values()}

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnsweep.errors import UserError
-from cnnsweep.signatures import SignatureError, parameters
+from cnnsweep.signatures import Parameter, SignatureError, parameters
 
 # The repository's conf/, for the tests and tools run from a checkout (an editable install). A run finds
 # its configs through Hydra's search path instead (train.py's conf/, --config-dir, hydra.searchpath).
@@ -77,17 +77,19 @@ def target_nodes(path: Path) -> dict[str, dict[str, Any]]:
     return {key: node for key, node in option.items() if isinstance(node, dict) and "_target_" in node}
 
 
-def option_schema(node: dict[str, Any]) -> type | None:
+def option_schema(node: dict[str, Any]) -> type:
     """The schema of one `_target_` node, derived from its target's signature: a field for each parameter
     the node sets and, unless the node is `_partial_` (completed in code with what a run knows then: the
     model's parameters, the optimizer), each parameter without a default; typed as the signature is. A key
     that is no parameter of the target gets no field, so composing the option refuses it, naming it. Every
-    field is mandatory (???): values live in the YAML only. None where the target's source cannot be read."""
+    field is mandatory (???): values live in the YAML only."""
     target = str(node["_target_"])
     try:
         found = parameters(target)
     except (SignatureError, OSError, SyntaxError, ValueError):
-        return None
+        # No source to read (a compiled class, a base class the reader cannot follow): the keys the option
+        # sets, unchecked in type, so that a misspelt override is still refused and the option still composes.
+        found = [Parameter(str(key), Any, required=False) for key in node if not str(key).startswith("_")]
     partial = bool(node.get("_partial_", False))
     sets = set(node.keys())
     fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=MISSING))]
@@ -117,9 +119,8 @@ def register_options(conf_dir: Path = CONF_DIR) -> dict[str, dict[str, type]]:
         for path in sorted((conf_dir / group).glob("*.yaml")):
             for name, node in target_nodes(path).items():
                 schema = option_schema(node)
-                if schema is not None:
-                    store.store(group=f"schema/{group}", name=name, node=schema)
-                    stored.setdefault(group, {})[name] = schema
+                store.store(group=f"schema/{group}", name=name, node=schema)
+                stored.setdefault(group, {})[name] = schema
     return stored
 
 

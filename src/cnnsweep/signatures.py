@@ -35,7 +35,7 @@ class Parameter:
 
 
 class SignatureError(Exception):
-    """The target's source cannot be found or read (the option is then not checked against a schema)."""
+    """The target's source cannot be found or read (its option is then checked against its own keys only)."""
 
 
 def parameters(target: str) -> list[Parameter]:

@@ -1,10 +1,15 @@
 """The real config: every option composes and instantiates; typos and wrong types are refused."""
 
+import inspect
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 
-from cnnsweep.schema import compose_config
+from cnnsweep.cli import precheck
+from cnnsweep.schema import GROUPS as SCHEMA_GROUPS
+from cnnsweep.schema import compose_config, register_options, target_nodes
+from cnnsweep.signatures import parameters
 from cnnsweep.train.model import check_budget, count_parameters
 
 from helpers import CONF, compose_train
@@ -98,6 +103,97 @@ def test_a_misspelt_key_inside_a_yaml_file_is_refused(tmp_path):
     with pytest.raises(ConfigCompositionException) as error:
         compose_train([f"hydra.searchpath=[file://{tmp_path}]", "optimizer=typo"])
     assert "momentun" in str(error.value) + str(error.value.__cause__)
+
+
+# (file, what it sets): an option whose `_target_` takes no such argument (a third-party class, one of ours)
+NOT_PARAMETERS = [
+    ("optimizer/sgd_typo.yaml", "_target_: torch.optim.SGD\n_partial_: true\nlr: 0.1\nmomentun: 0.9\n", "momentun"),
+    ("augmentation/spin.yaml", "_target_: cnnsweep.train.augment.RandomRotation\ndegrees: 7.0\n"
+     "interpolation: nearest\nfill: 0\n", "fill"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("file", "content", "key"), NOT_PARAMETERS)
+def test_an_option_setting_a_key_its_target_does_not_take_is_refused_when_composing(tmp_path, file, content, key):
+    group, name = file.removesuffix(".yaml").split("/")
+    (tmp_path / group).mkdir()
+    (tmp_path / file).write_text(f"defaults:\n  - /schema/{group}@_here_: {name}\n  - _self_\n{content}")
+    register_options(tmp_path)  # as `import cnnsweep` does for conf/: the schema comes from the target's signature
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([f"hydra.searchpath=[file://{tmp_path}]", f"{group}={name}"])
+    assert f"Key '{key}' not in" in str(error.value) + str(error.value.__cause__)
+
+
+def test_an_option_of_a_config_dir_is_checked_against_its_targets_signature(tmp_path, capsys):
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "mine.yaml").write_text(
+        "defaults:\n  - /schema/optimizer@_here_: mine\n  - _self_\n"
+        "_target_: torch.optim.Adagrad\n_partial_: true\nlr: 0.01\nlr_decay: 0.0\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        precheck(["--config-dir", str(tmp_path), "optimizer=mine", "optimizer.lr_decy=0.1"], CONF)
+    said = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and said == (
+        "error: optimizer.lr_decy is not a key of optimizer; allowed keys: lr, lr_decay"
+    )  # Adagrad's own arguments that the option sets: its other ones keep torch's defaults
+
+
+def test_an_option_whose_target_has_no_source_to_read_composes_with_its_own_keys(tmp_path):
+    (tmp_path / "augmentation").mkdir()
+    (tmp_path / "augmentation" / "compiled.yaml").write_text(
+        "defaults:\n  - /schema/augmentation@_here_: compiled\n  - _self_\n_target_: builtins.dict\nstrength: 1\n"
+    )  # builtins: compiled into Python, no source file
+    register_options(tmp_path)
+    searched = f"hydra.searchpath=[file://{tmp_path}]"
+    assert compose_train([searched, "augmentation=compiled", "augmentation.strength=2"]).augmentation.strength == 2
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train([searched, "augmentation=compiled", "augmentation.strenght=2"])
+    assert "Key 'strenght' not in 'DictSchema'" in str(error.value) + str(error.value.__cause__)
+
+
+TARGETS = sorted(
+    {str(node["_target_"]) for group in SCHEMA_GROUPS for path in (CONF / group).glob("*.yaml")
+     for node in target_nodes(path).values()}
+)  # fmt: skip
+
+
+def runtime_parameters(target) -> list[inspect.Parameter]:
+    """inspect's parameters of a class or function; a class's own after its base's where its __init__ passes
+    **kwargs on to the base's."""
+    if not inspect.isclass(target):
+        return list(inspect.signature(target).parameters.values())
+    levels = []
+    for owner in (owner for owner in inspect.getmro(target) if "__init__" in vars(owner)):
+        levels.append(list(inspect.signature(owner.__init__).parameters.values())[1:])
+        if not any(p.kind == p.VAR_KEYWORD for p in levels[-1]):
+            break
+    found = [p for level in reversed(levels) for p in level if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return [p for i, p in enumerate(found) if p.name not in {q.name for q in found[:i]}]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_schemas_source_reading_agrees_with_inspect(target):
+    """The schemas read signatures from source (no import of torch at `import cnnsweep`): the same parameters,
+    in the same order, with the same defaults present, as the imported target's signature."""
+    expected = [(p.name, p.default is inspect.Parameter.empty) for p in runtime_parameters(get_object(target))]
+    assert [(p.name, p.required) for p in parameters(target)] == expected
+
+
+def test_a_schema_holds_the_keys_its_option_sets_typed_by_the_signature():
+    cfg = compose_train(["optimizer=rmsprop", "optimizer.momentum=0.5"])
+    assert list(cfg.optimizer) == [
+        "_target_",
+        "_partial_",
+        "lr",
+        "alpha",
+        "eps",
+        "weight_decay",
+        "momentum",
+        "centered",
+    ]
+    assert cfg.optimizer.momentum == 0.5  # the signature's other arguments (foreach, capturable, ...) stay torch's
+    with pytest.raises(ConfigCompositionException):
+        compose_train(["optimizer=rmsprop", "optimizer.centered=sometimes"])  # bool, from `centered: bool`
 
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))

@@ -23,7 +23,17 @@ from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.sweep.attrs import REASON, REQUEUED
 from cnnsweep.train.run import train
 
-from helpers import compose_train, metrics, read_trials, study_url, summary, tiny_overrides, train_py, wait_for_rows
+from helpers import (
+    CONF,
+    compose_train,
+    metrics,
+    read_trials,
+    study_url,
+    summary,
+    tiny_overrides,
+    train_py,
+    wait_for_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +179,16 @@ def test_resume_refuses_other_overrides_and_sweeps(uninterrupted):
     assert result.returncode == 1 and "it cannot be swept" in result.stdout + result.stderr  # the job's error
 
 
+OPTIMIZERS = ", ".join(sorted(path.stem for path in (CONF / "optimizer").glob("*.yaml")))  # adamw, rmsprop, sgd
 # (overrides, what the one line says): refused while the config is composed, before Hydra makes anything
 REFUSED_WHEN_COMPOSED = [
-    (["optimizer=nadam"], "optimizer=nadam is not an option of the optimizer group; allowed: adamw, sgd"),
+    (["optimizer=nadam"], f"optimizer=nadam is not an option of the optimizer group; allowed: {OPTIMIZERS}"),
     (["optimizer.lrr=0.1"], "optimizer.lrr is not a key of optimizer; allowed keys: lr, momentum"),
+    (
+        ["logger=mlflow", "logger.mlflow.experimnt=x"],
+        "logger.mlflow.experimnt is not a key of logger.mlflow; allowed keys: tracking_uri, experiment, log_checkpoint",
+    ),
+    (["optimizer=rmsprop", "optimizer.nesterov=true"], "optimizer.nesterov is not a key of optimizer; allowed keys"),
     (["optimizer.lr=fast"], "optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
     (["trainer.epochs=1.5"], "trainer.epochs: Value '1.5' of type 'float' could not be converted to Integer"),
     # mandatory values left unset (???), anywhere in the config, and values that cannot be resolved

@@ -148,7 +148,7 @@ def test_tensorboard_writes_scalars_per_epoch_and_a_trials_hparams_session(tmp_p
 
     run_dir = tmp_path / "multirun" / "lr" / "3"
     sweep = SweepInfo(tmp_path / "multirun" / "lr", "lr", 3, {"optimizer.lr": 0.05, "model": "tiny"})
-    logger = TensorBoardLogger()
+    logger = TensorBoardLogger(log_dir=None)
     logger.start(run_info(run_dir, sweep=sweep))
     for epoch in (1, 2, 3):
         logger.log_epoch(epoch, epoch_metrics(epoch))
@@ -176,7 +176,7 @@ def test_a_trial_that_did_not_complete_ends_its_hparams_session_with_a_status_te
     from tensorboard.plugins.hparams import api_pb2, metadata
 
     run_dir = tmp_path / "lr" / "4"
-    logger = Loggers([TensorBoardLogger()])
+    logger = Loggers([TensorBoardLogger(log_dir=None)])
     logger.start(run_info(run_dir, sweep=SweepInfo(tmp_path / "lr", "lr", 4, {"optimizer.lr": 0.05})))
     logger.log_epoch(1, epoch_metrics(1))
     logger.end(status, SUMMARY | {"status": status, "epochs_run": 1})
@@ -187,12 +187,12 @@ def test_a_trial_that_did_not_complete_ends_its_hparams_session_with_a_status_te
 
 
 def test_a_resumed_tensorboard_run_shows_each_epoch_once(tmp_path):
-    first = TensorBoardLogger()
+    first = TensorBoardLogger(log_dir=None)
     first.start(run_info(tmp_path))
     for epoch in (1, 2):
         first.log_epoch(epoch, epoch_metrics(epoch))
     first.writer.close()  # killed: no end()
-    again = TensorBoardLogger()
+    again = TensorBoardLogger(log_dir=None)
     again.start(run_info(tmp_path, resumed=True))
     for epoch in (1, 2, 3):  # the restored epochs replayed, then the new one
         again.log_epoch(epoch, epoch_metrics(epoch))
@@ -205,7 +205,7 @@ def test_a_resumed_tensorboard_run_shows_each_epoch_once(tmp_path):
 
 def test_mlflow_records_params_metrics_artifacts_and_status(tmp_path, tracking_uri, client):
     write_run_files(tmp_path)
-    logger = MLflowLogger(tracking_uri=tracking_uri, experiment="single")
+    logger = MLflowLogger(tracking_uri=tracking_uri, experiment="single", log_checkpoint=True)
     logger.start(run_info(tmp_path))
     for epoch in (1, 2, 3):
         logger.log_epoch(epoch, epoch_metrics(epoch))
@@ -224,12 +224,12 @@ def test_mlflow_records_params_metrics_artifacts_and_status(tmp_path, tracking_u
 
 
 def test_a_resumed_mlflow_run_continues_the_same_run_with_each_epoch_once(tmp_path, tracking_uri, client):
-    first = MLflowLogger(tracking_uri=tracking_uri, experiment="resume")
+    first = MLflowLogger(tracking_uri=tracking_uri, experiment="resume", log_checkpoint=True)
     first.start(run_info(tmp_path))
     for epoch in (1, 2):
         first.log_epoch(epoch, epoch_metrics(epoch))
     # killed here: no end(); the run is still RUNNING in MLflow
-    again = MLflowLogger(tracking_uri=tracking_uri, experiment="resume")
+    again = MLflowLogger(tracking_uri=tracking_uri, experiment="resume", log_checkpoint=True)
     again.start(run_info(tmp_path, resumed=True))
     for epoch in (1, 2, 3):  # restored epochs replayed (skipped: already held), then the new one
         again.log_epoch(epoch, epoch_metrics(epoch))
@@ -248,7 +248,9 @@ def make_sweep(sweep_dir: Path, tracking_uri: str, experiment: str) -> MLflowSwe
     ran = {0: ({"optimizer.lr": 0.05}, 0.9, "completed"), 1: ({"optimizer.lr": 0.2}, 0.95, "completed"),
            3: ({"optimizer.lr": 9.0}, None, "failed")}  # fmt: skip
     for number, (params, value, status) in ran.items():
-        job = MLflowLogger(tracking_uri=tracking_uri, experiment="ignored: a child goes to its parent's")
+        job = MLflowLogger(
+            tracking_uri=tracking_uri, experiment="ignored: a child goes to its parent's", log_checkpoint=True
+        )
         job.start(run_info(sweep_dir / str(number), sweep=SweepInfo(sweep_dir, "lr", number, params)))
         for epoch in (1, 2):
             job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": (value or 0.1) - (2 - epoch) / 10})
@@ -293,7 +295,12 @@ def test_an_unreachable_server_is_one_warning_and_no_password(tmp_path, caplog, 
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
     counting = CountingLogger("kept")
-    loggers = Loggers([MLflowLogger(tracking_uri="http://me:s3cret@127.0.0.1:9"), counting])
+    loggers = Loggers(
+        [
+            MLflowLogger(tracking_uri="http://me:s3cret@127.0.0.1:9", experiment="cnnsweep", log_checkpoint=True),
+            counting,
+        ]
+    )
     with caplog.at_level(logging.WARNING):
         loggers.start(run_info(tmp_path))
         for epoch in (1, 2):
@@ -311,7 +318,7 @@ def test_an_unreachable_server_is_one_warning_and_no_password(tmp_path, caplog, 
 
 def test_a_password_in_the_config_is_not_stored_as_a_param(tmp_path, tracking_uri, client):
     config = CONFIG | {"logger": {"mlflow": {"tracking_uri": "https://me:s3cret@mlflow.example.org"}}}
-    logger = MLflowLogger(tracking_uri=tracking_uri)
+    logger = MLflowLogger(tracking_uri=tracking_uri, experiment="cnnsweep", log_checkpoint=True)
     logger.start(RunInfo(tmp_path, config, 18970, "masked"))
     logger.end("completed", SUMMARY)
     params = client.get_run(logger.run_id).data.params

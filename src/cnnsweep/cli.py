@@ -24,7 +24,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIG_FILE, HYDRA_DIR
 from cnnsweep.packages import check_launcher, check_packages
-from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config
+from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config, register_options
 
 # Hydra flags after which a plain run's precheck does not apply (sweeps, info, help, completion).
 NOT_A_RUN = ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc")
@@ -40,8 +40,10 @@ def precheck(argv: Sequence[str], conf_dir: Path) -> None:
     try:
         check_environment(argv)
         check_launcher(list(argv))
+        overrides, config_dirs = split_config_dirs(list(argv))
+        for folder in config_dirs:  # the schemas of a --config-dir's own options, before Hydra composes any
+            register_options(folder)
         if not any(arg in NOT_A_RUN or arg.startswith(NOT_A_RUN_PREFIXES) for arg in argv):
-            overrides, config_dirs = split_config_dirs(list(argv))
             check_run(overrides, conf_dir, config_dirs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

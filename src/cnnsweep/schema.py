@@ -1,17 +1,22 @@
 """Typed schemas for every config group option, registered in Hydra's ConfigStore.
 
-Each YAML option in conf/ starts its defaults list with its schema (e.g. `/schema/optimizer@_here_:
-sgd`), so a misspelt key or a value of the wrong type is refused while the config is composed,
-before any work starts. The schemas hold types only: every value lives in the YAML files, and the
-classes they build take every setting from there (their constructors have no defaults of their own).
+Each option of a group in conf/ (a `_target_` node) starts its defaults list with its schema, under its own
+name (`/schema/optimizer@_here_: sgd`), so that a misspelt key or a value of the wrong type is refused
+while the config is composed, before any work starts. The schemas are not written by hand: `import
+cnnsweep` reads each option file's `_target_` and makes its schema from that target's signature
+(`option_schema`; cnnsweep.signatures reads it from source). Adding an option is its YAML file (and its
+class, if new). The schemas hold types only: every value lives in the YAML files, and the classes they
+build take every setting from there (their constructors have no defaults of their own).
 """
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
@@ -20,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnsweep.errors import UserError
+from cnnsweep.signatures import Parameter, SignatureError, parameters
 
 # The repository's conf/, for the tests and tools run from a checkout (an editable install). A run finds
 # its configs through Hydra's search path instead (train.py's conf/, --config-dir, hydra.searchpath).
@@ -27,144 +33,6 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # OmegaConf reads these annotations at runtime: use typing.Optional/List forms it understands.
 # ruff: noqa: UP006, UP007, UP035, UP045
-
-
-@dataclass
-class ConvNetSchema:
-    _target_: str = MISSING
-    widths: list[int] = MISSING
-    layout: list[str] = MISSING
-    dropout: float = MISSING
-    head: str = MISSING
-    in_channels: int = MISSING  # the data's shape: ${data.in_channels} etc. in every model option
-    image_size: int = MISSING
-    num_classes: int = MISSING
-
-
-@dataclass
-class SGDSchema:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = MISSING
-    momentum: float = MISSING
-    weight_decay: float = MISSING
-    nesterov: bool = MISSING
-
-
-@dataclass
-class AdamWSchema:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = MISSING
-    betas: list[float] = MISSING
-    eps: float = MISSING
-    weight_decay: float = MISSING
-
-
-@dataclass
-class StepSchema:
-    _target_: str = MISSING
-    _partial_: bool = True
-    step_size: int = MISSING
-    gamma: float = MISSING
-
-
-@dataclass
-class CosineSchema:
-    _target_: str = MISSING
-    _partial_: bool = True
-    eta_min: float = MISSING
-
-
-@dataclass
-class OneCycleSchema:
-    _target_: str = MISSING
-    _partial_: bool = True
-    max_lr: float = MISSING
-    pct_start: float = MISSING
-    div_factor: float = MISSING
-    final_div_factor: float = MISSING
-    anneal_strategy: str = MISSING
-    three_phase: bool = MISSING
-    cycle_momentum: bool = MISSING
-    base_momentum: float = MISSING
-    max_momentum: float = MISSING
-
-
-@dataclass
-class RotationSchema:
-    _target_: str = MISSING
-    degrees: float = MISSING
-    interpolation: str = MISSING
-
-
-@dataclass
-class AffineSchema:
-    _target_: str = MISSING
-    degrees: float = MISSING
-    translate: float = MISSING
-    scale: list[float] = MISSING
-    interpolation: str = MISSING
-
-
-@dataclass
-class CropFlipSchema:
-    _target_: str = MISSING
-    padding: int = MISSING
-    flip: bool = MISSING
-
-
-@dataclass
-class NoAugmentationSchema:
-    _target_: str = MISSING
-
-
-@dataclass
-class ImageDataSchema:
-    _target_: str = MISSING
-    root: str = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    val_size: int = MISSING
-    split_seed: int = MISSING
-    train_limit: Optional[int] = MISSING
-    test_limit: Optional[int] = MISSING
-    in_channels: int = MISSING
-    image_size: int = MISSING
-    num_classes: int = MISSING
-    mean: Optional[List[float]] = MISSING
-    std: Optional[List[float]] = MISSING
-    download: bool = MISSING
-
-
-@dataclass
-class MNISTSchema(ImageDataSchema):
-    dataset: str = MISSING
-
-
-@dataclass
-class CIFAR10Schema(ImageDataSchema):
-    check_md5: bool = MISSING
-
-
-@dataclass
-class ImageFolderSchema(ImageDataSchema):
-    test_fraction: float = MISSING
-
-
-@dataclass
-class TrainerSchema:
-    _target_: str = MISSING
-    epochs: int = MISSING
-    device: str = MISSING
-    progress: bool = MISSING
-    channels_last: Optional[bool] = MISSING
-    eval_channels_last: Optional[bool] = MISSING
-    compile: Any = MISSING  # true, false or 'auto' (Trainer checks)
-    precision: str = MISSING
-    threads: Optional[int] = MISSING
-    label_smoothing: float = MISSING
-    ema_decay: Optional[float] = MISSING
 
 
 @dataclass
@@ -188,19 +56,72 @@ class TrainSchema:
     logger: Any = None  # {name: a logger's _target_ node, ...} from the logger group's options (empty: none)
 
 
-GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"convnet": ConvNetSchema},
-    "optimizer": {"sgd": SGDSchema, "adamw": AdamWSchema},
-    "scheduler": {"step": StepSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema},
-    "augmentation": {
-        "rotation": RotationSchema,
-        "affine": AffineSchema,
-        "crop_flip": CropFlipSchema,
-        "none": NoAugmentationSchema,
-    },
-    "data": {"mnist": MNISTSchema, "cifar10": CIFAR10Schema, "image_folder": ImageFolderSchema},
-    "trainer": {"trainer": TrainerSchema},
-}
+# The config groups whose options are `_target_` nodes, each checked against its target's signature.
+GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "trainer", "logger")
+# Keys Hydra's instantiate reads beside the constructor's own arguments.
+INSTANTIATE_KEYS: dict[str, Any] = {"_partial_": bool, "_convert_": str, "_recursive_": bool, "_args_": List[Any]}
+
+
+def target_nodes(path: Path) -> dict[str, dict[str, Any]]:
+    """The `_target_` nodes of an option file by schema name: the file itself under its own name, or (the
+    logger group, one tracker per key) each top-level key that holds one. Read as plain YAML: only the keys
+    matter here, and OmegaConf's loader costs every `import cnnsweep` several times more."""
+    try:
+        option = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}  # Hydra reports an unreadable option file itself, when it is chosen
+    if not isinstance(option, dict):
+        return {}
+    if "_target_" in option:
+        return {path.stem: option}
+    return {key: node for key, node in option.items() if isinstance(node, dict) and "_target_" in node}
+
+
+def option_schema(node: dict[str, Any]) -> type:
+    """The schema of one `_target_` node, derived from its target's signature: a field for each parameter
+    the node sets and, unless the node is `_partial_` (completed in code with what a run knows then: the
+    model's parameters, the optimizer), each parameter without a default; typed as the signature is. A key
+    that is no parameter of the target gets no field, so composing the option refuses it, naming it. Every
+    field is mandatory (???): values live in the YAML only."""
+    target = str(node["_target_"])
+    try:
+        found = parameters(target)
+    except (SignatureError, OSError, SyntaxError, ValueError):
+        # No source to read (a compiled class, a base class the reader cannot follow): the keys the option
+        # sets, unchecked in type, so that a misspelt override is still refused and the option still composes.
+        found = [Parameter(str(key), Any, required=False) for key in node if not str(key).startswith("_")]
+    partial = bool(node.get("_partial_", False))
+    sets = set(node.keys())
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=MISSING))]
+    for key, kind in INSTANTIATE_KEYS.items():
+        if key in sets:
+            fields.append((key, kind, dataclasses.field(default=partial if key == "_partial_" else MISSING)))
+    for parameter in found:
+        if parameter.name in sets or (parameter.required and not partial):
+            fields.append((parameter.name, parameter.type, dataclasses.field(default=MISSING)))
+    return dataclasses.make_dataclass(schema_name(target), fields)
+
+
+def schema_name(target: str) -> str:
+    """`torch.optim.SGD` -> SGDSchema, `cnnsweep.train.schedule.step_lr` -> StepLrSchema (errors name it)."""
+    name = target.rpartition(".")[2]
+    if "_" in name or name.islower():
+        name = "".join(part.capitalize() for part in name.split("_"))
+    return f"{name}Schema"
+
+
+def register_options(conf_dir: Path = CONF_DIR) -> dict[str, dict[str, type]]:
+    """Store a schema for each option of conf_dir's groups as `schema/<group>/<name>` (what an option's
+    defaults list names: `/schema/optimizer@_here_: sgd`); returns them by group and name."""
+    store = ConfigStore.instance()
+    stored: dict[str, dict[str, type]] = {}
+    for group in GROUPS:
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            for name, node in target_nodes(path).items():
+                schema = option_schema(node)
+                store.store(group=f"schema/{group}", name=name, node=schema)
+                stored.setdefault(group, {})[name] = schema
+    return stored
 
 
 def if_set(value: Any, then: Any, otherwise: Any) -> Any:
@@ -236,11 +157,8 @@ def register() -> None:
     OmegaConf.register_resolver("cnnsweep.if_set", if_set, replace=True)
     OmegaConf.register_resolver("cnnsweep.cpu_cores", cpu_cores, replace=True)
     OmegaConf.register_resolver("cnnsweep.class_count", class_count, replace=True)
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainSchema)
-    for group, schemas in GROUP_SCHEMAS.items():
-        for name, node in schemas.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+    register_options(CONF_DIR)
 
 
 def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False, config_dir: Path = CONF_DIR) -> DictConfig:

@@ -27,7 +27,6 @@ from cnnsweep.track.logger import Logger, RunInfo, flatten, mask_password
 
 RUN_ID_FILE = "mlflow_run.json"
 PARENT_FILE = "mlflow_parent.json"
-DEFAULT_EXPERIMENT = "cnnsweep"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a child run under its parent
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, STATE_TAG = "cnnsweep.trial", "cnnsweep.study", "cnnsweep.status", "cnnsweep.state"
 # A trial with repeats: each repeat's run is tagged with its trial and repeat (not TRIAL_TAG, which marks the one
@@ -145,9 +144,8 @@ class MLflowLogger(Logger):
     metrics at step=epoch, the summary's figures and a `cnnsweep.status` tag at the end, and summary.json,
     metrics.csv and checkpoints/best.pt as artifacts. A sweep trial's run is a child of the sweep's run."""
 
-    def __init__(
-        self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, log_checkpoint: bool = True
-    ) -> None:
+    # Every setting comes from conf/logger/mlflow.yaml (its defaults live there only); tracking_uri None: see connect.
+    def __init__(self, tracking_uri: str | None, experiment: str, log_checkpoint: bool) -> None:
         self.tracking_uri, self.experiment, self.log_checkpoint = tracking_uri, experiment, log_checkpoint
         self.client: Any = None
         self.run_id: str | None = None
@@ -229,7 +227,7 @@ class MLflowSweepTracker:
     end: once, with the study's best trials (the Pareto front for several objectives).
     """
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+    def __init__(self, tracking_uri: str | None, experiment: str) -> None:
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.client: Any = None
         self.parent_id: str | None = None

@@ -24,7 +24,7 @@ class TensorBoardLogger(Logger):
     """Scalars per epoch (`train/loss`, `val/acc`, `lr`, `images_per_s`, ...) under `log_dir`
     (default `<run_dir>/tensorboard`); for a sweep trial also an HParams session of its swept values."""
 
-    def __init__(self, log_dir: str | None = None) -> None:
+    def __init__(self, log_dir: str | None) -> None:  # conf/logger/tensorboard.yaml: null, the run folder's
         self.log_dir = log_dir
         self.writer: Any = None
         self.hparams: dict[str, Any] = {}

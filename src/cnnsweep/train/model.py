@@ -46,8 +46,8 @@ class ConvNet(nn.Module):
         dropout: float,
         head: str,
         in_channels: int,
-        num_classes: int,
         image_size: int,
+        num_classes: int,
     ) -> None:
         super().__init__()
         widths, layout = list(widths), list(layout)

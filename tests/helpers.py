@@ -202,8 +202,9 @@ def train_py(
 
 
 def tool(name: str, *args: object, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m cnnsweep.NAME ARGS` (report, evaluate, bench, runbench), finished, its output captured."""
-    command = [sys.executable, "-m", f"cnnsweep.{name}", *map(str, args)]
+    """`python -m cnnsweep NAME ARGS` (the `cnnsweep NAME` command: report, evaluate, bench, ...), finished, its
+    output captured."""
+    command = [sys.executable, "-m", "cnnsweep", name, *map(str, args)]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""`python -m cnnsweep.bench` measures every variant and prints comparable numbers."""
+"""`cnnsweep bench` measures every variant and prints comparable numbers."""
 
 import json
 
@@ -21,7 +21,7 @@ def test_bench_measures_each_variant_and_its_ratio_to_classic(tiny_mnist):
     report = json.loads(result.stdout)
     rows = {row["variant"]: row for row in report["rows"]}
     assert list(rows) == ["classic", "cnnsweep", "compute", "nhwc"] and report["device"] == "cpu"
-    assert report["command"].startswith("python -m cnnsweep.bench data.root=") and "--also" in report["command"]
+    assert report["command"].startswith("cnnsweep bench data.root=") and "--also" in report["command"]
     assert report["torch"] == torch.__version__ and report["threads"] >= 1 and report["compile_cache"] == "shared"
     assert not any(row["compiled"] for row in rows.values())  # auto: 19 epochs of 5 steps stay eager
     assert report["machine"] == machine_facts(torch.device("cpu"))  # every figure names its machine

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 
 from cnnsweep.files import BEST_FILE, METRICS_FILE, MULTIRUN_FILE, STUDY_DB, SUMMARY_FILE
 from cnnsweep.sweep.attrs import OVER_BUDGET, OWNER, REASON, REQUEUED, SURPLUS
+from cnnsweep.sweep.plugin_facts import TARGET
 from cnnsweep.sweep.storage import StorageUnavailable
 from cnnsweep.sweep.study import open_storage
 from cnnsweep.sweep.trial import connect_trial
-from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
 from helpers import read_trials, train_py
 from postgres import running_server

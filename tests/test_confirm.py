@@ -1,6 +1,6 @@
 """Confirmation: a study's best configurations re-trained on fresh seeds, ranked with intervals.
 
-The analysis on made-up numbers (fast), then a tiny sweep confirmed through `python -m cnnsweep.confirm`
+The analysis on made-up numbers (fast), then a tiny sweep confirmed through `cnnsweep confirm`
 and as the sweep's last stage (slow: each trains a few networks)."""
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from cnnsweep.sweep.confirmation import (
 )
 from cnnsweep.sweep.confirming import ConfirmationStage, confirm_study_name
 from cnnsweep.sweep.noise import confirmation_seeds, mean_interval, paired_difference
+from cnnsweep.sweep.plugin_facts import TARGET
 from cnnsweep.sweep.results import write_confirmed
 from cnnsweep.sweep.study import Lanes, open_storage
 from cnnsweep.tools import confirm as confirm_tool
 from cnnsweep.train.signals import Interrupted
-from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
 
 from helpers import error_line, load_study, optuna_overrides, read_trials, study_url, summary, tool, train_py
 
@@ -253,7 +253,7 @@ def test_the_confirm_command_runs_only_what_is_missing(tiny_mnist, tmp_path):
     result = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
     assert result.returncode == 0, result.stderr
     assert not (sweep_dir / CONFIRMATION_FILE).exists()  # top 0, the default: no confirmation
-    command = [sys.executable, "-m", "cnnsweep.confirm", str(sweep_dir), "--top", "2", "--seeds", "1"]
+    command = [sys.executable, "-m", "cnnsweep", "confirm", str(sweep_dir), "--top", "2", "--seeds", "1"]
 
     # killed (-9, the whole process group) as its first run starts: that run is lost, the other never ran
     worker = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""cnnsweep.noise_sim: the simulated world matches its docstring, and the strategies compare as the full run shows.
+"""`cnnsweep noise_sim`: the simulated world matches its docstring, and the strategies compare as the full run shows.
 
 The statistical asserts run small seeded simulations (30 runs per sweep, tens of sweeps) and hold for each of
 the simulation seeds 0-11 (checked when they were written); each margin is several standard errors wide.
@@ -157,7 +157,7 @@ def test_confirmations_interval_covers_the_splits_truth_near_95_percent_not_the_
 
 
 def test_the_command_writes_the_table(tmp_path):
-    command = [sys.executable, "-m", "cnnsweep.noise_sim", "--sweeps", "3", "--runs", "12", "--repeats", "2"]
+    command = [sys.executable, "-m", "cnnsweep", "noise_sim", "--sweeps", "3", "--runs", "12", "--repeats", "2"]
     command += ["--top", "2", "--confirm-seeds", "2", "--samplers", "random", "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     with open(tmp_path / "noise_sim.csv") as file:

@@ -1,4 +1,4 @@
-"""`python -m cnnsweep.report` and `python -m cnnsweep.evaluate` on tiny runs and sweeps."""
+"""`cnnsweep report` and `cnnsweep evaluate` on tiny runs and sweeps."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
     assert best["metrics"]["val_acc"] == max(float(row["val_acc"]) for row in rows)
 
     # The checkpoint rebuilds, from its own config, a model with the recorded accuracies, evaluated as the run
-    # evaluated it: in its recorded precision (bf16 where auto picks it) and memory layout, as cnnsweep.evaluate does.
+    # evaluated it: in its recorded precision (bf16 where auto picks it) and memory layout, as `cnnsweep evaluate` does.
     cpu = torch.device("cpu")
     model = instantiate(last["config"]["model"], _convert_="all")
     model.load_state_dict(last["model"])

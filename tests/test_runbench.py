@@ -1,4 +1,4 @@
-"""`python -m cnnsweep.runbench` times whole runs and whole sweeps from the outside."""
+"""`cnnsweep runbench` times whole runs and whole sweeps from the outside."""
 
 import json
 
@@ -16,7 +16,7 @@ def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     result = tool("runbench", "runs", *overrides, "--recipe", "narrow=model=tiny", *keep)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["command"].startswith("python -m cnnsweep.runbench runs data.root=")
+    assert report["command"].startswith("cnnsweep runbench runs data.root=")
     (row,) = report["rows"]
     assert (row["recipe"], row["overrides"][-1]) == ("narrow", "model=tiny")
     assert [run["seed"] for run in row["runs"]] == [0, 1] and all(run["epochs"] == 1 for run in row["runs"])

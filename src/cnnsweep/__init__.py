@@ -4,11 +4,10 @@ cnnsweep/train/   one run: config -> instantiate -> Trainer -> run folder
 cnnsweep/sweep/   the Hydra sweeper over an Optuna study; its jobs are train runs
 cnnsweep/tools/   reports, plots, evaluation and benchmarks over the folders both write
 cnnsweep/*.py     what all three share: config schema and resolvers (schema), errors, objectives,
-                  the run folder's files (artifacts), train.py's command-line checks (cli)
+                  the run folder's files (artifacts), train.py's command-line checks (cli), the
+                  `cnnsweep TOOL` command (command), old class paths in saved configs (renames)
 """
 
 __version__ = "0.1.0"
 
-from cnnsweep import moved, schema  # noqa: E402,F401  (schema registers config schemas and resolvers wherever cnnsweep runs)
-
-moved.install()  # the modules' names before the split (saved configs, `python -m cnnsweep.report`)
+from cnnsweep import schema  # noqa: E402,F401  (registers config schemas and resolvers wherever cnnsweep runs)

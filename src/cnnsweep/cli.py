@@ -24,6 +24,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIG_FILE, HYDRA_DIR
 from cnnsweep.packages import check_launcher, check_packages
+from cnnsweep.renames import current_names
 from cnnsweep.schema import CONF_DIR, TrainSchema, compose_config, register_options
 
 # Hydra flags after which a plain run's precheck does not apply (sweeps, info, help, completion).
@@ -162,12 +163,14 @@ def one_line(error: Exception) -> str:
 
 
 def saved_config(run_dir: Path) -> DictConfig:
-    """The config a run was started with (its .hydra/config.yaml), checked against the schema."""
+    """The config a run was started with (its .hydra/config.yaml), with the classes' current names (a run from
+    before the package's split names them by the old ones), checked against the schema."""
     path = run_dir / HYDRA_DIR / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"resume={run_dir}: no run to resume there ({path} does not exist)")
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainSchema), OmegaConf.load(path))
+        saved = current_names(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        return OmegaConf.merge(OmegaConf.structured(TrainSchema), saved)
     except OmegaConfBaseException as error:
         raise UserError(f"resume={run_dir}: {path} is not a valid cnnsweep config ({one_line(error)})") from error
 

@@ -6,7 +6,9 @@
     (outcomes.py) -> study (study.py, storage.py) -> trials.csv (results.py), after every trial;
     the failure policy and the sweep's last line (endings.py)
 
-Trials carry the attribute names of attrs.py and the state names of states.py. The package uses the
+Trials carry the attribute names of attrs.py and the state names of states.py. What the package knows of
+its Hydra plugin above it (hydra_plugins/cnnsweep_sweeper: its `_target_`, what its sampler and pruner configs
+may build, its TPE config) is in plugin_facts.py, which the plugin imports. The package uses the
 training package through a few public names: each job runs train.py's task; the sweep's own process
 builds and counts a trial's model (train.model) and catches Ctrl-C / SIGTERM as a run does
 (train.signals). The tools read what it writes.

@@ -1,6 +1,6 @@
 """The confirmation stage: a finished study's best configurations re-trained on fresh seeds, through the
 sweep's own launcher and lanes (`hydra.sweeper.confirm.top=N hydra.sweeper.confirm.seeds=M`, run after
-the search; `python -m cnnsweep.confirm` runs only this stage of a finished sweep).
+the search; `cnnsweep confirm` runs only this stage of a finished sweep).
 
 The runs are a second Optuna study in the same storage, `<study_name>.confirm`: one trial per
 (configuration, seed), queued with the configuration's parameters and marked with the search trial it

@@ -32,6 +32,7 @@ from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
 from cnnsweep.files import CONFIRM_DIR
 from cnnsweep.sweep.attrs import CURVE, PRUNED_BY
+from cnnsweep.sweep.plugin_facts import PRUNER_TARGETS, TARGET
 from cnnsweep.sweep.repeats import job_place
 from cnnsweep.sweep.study import open_storage
 from cnnsweep.track import SweepInfo
@@ -85,8 +86,6 @@ class RepeatReporter:
 
 def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | RepeatReporter | None:
     """The reporter for this job's trial, or None when the job is not a cnnsweep Optuna trial."""
-    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import PRUNER_TARGETS
-
     sweeper = cnnsweep_sweeper(hydra_cfg)
     if sweeper is None or is_confirmation(hydra_cfg):
         return None  # (a confirmation run is never pruned)
@@ -109,8 +108,6 @@ def connect_trial(hydra_cfg: DictConfig) -> TrialReporter | RepeatReporter | Non
 
 def cnnsweep_sweeper(hydra_cfg: DictConfig) -> Any:
     """The job's `hydra.sweeper` node when the job is a trial of cnnsweep's sweeper, else None."""
-    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
-
     sweeper: Any = hydra_cfg.get("sweeper")
     return sweeper if sweeper is not None and sweeper.get("_target_") == TARGET else None
 

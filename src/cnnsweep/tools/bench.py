@@ -1,4 +1,4 @@
-"""Training and evaluation throughput, side by side: `python -m cnnsweep.bench [OVERRIDES...]`.
+"""Training and evaluation throughput, side by side: `cnnsweep bench [OVERRIDES...]`.
 
 Variants, measured in one process and interleaved round by round so that machine noise hits
 them all alike:
@@ -375,7 +375,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def arguments() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cnnsweep.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cnnsweep bench", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant, e.g. trainer.device=cuda")
     parser.add_argument("--variants", default="classic,cnnsweep,compute", help="which of classic,cnnsweep,compute")
     parser.add_argument("--also", action="append", default=[], metavar='NAME="OVERRIDES"',
@@ -458,7 +458,7 @@ def print_results(
 ) -> None:
     """The throughput table (or JSON, with the machine and the command) and each tracker's cost."""
     if args.json:
-        command = shlex.join(["python", "-m", "cnnsweep.bench", *(sys.argv[1:] if argv is None else argv)])
+        command = shlex.join(["cnnsweep", "bench", *(sys.argv[1:] if argv is None else argv)])
         facts = {
             "command": command,
             "device": str(device),

@@ -1,5 +1,5 @@
 """Confirm a finished sweep's best configurations on fresh seeds:
-`python -m cnnsweep.confirm multirun/<study> --top N --seeds M`.
+`cnnsweep confirm multirun/<study> --top N --seeds M`.
 
 It runs the sweep's own command again (multirun.yaml: the folder it ran from, its overrides) with
 `hydra.sweeper.confirm.top=N hydra.sweeper.confirm.seeds=M` added, so that the confirmation runs as the
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers a sweep's multirun.yaml may use)
 from cnnsweep.errors import UserError, first_line
 from cnnsweep.files import MULTIRUN_FILE
+from cnnsweep.sweep.plugin_facts import TARGET
 from cnnsweep.sweep.storage import shown_url
 from cnnsweep.sweep.study import n_counted, open_storage
 
@@ -31,8 +32,6 @@ CONFIRM_KEYS = ("hydra.sweeper.confirm.", "hydra.sweep.dir=", "hydra.sweeper.n_t
 
 def sweep_config(sweep_dir: Path) -> DictConfig:
     """The sweep's multirun.yaml, its folder set to where it lies now; refused unless cnnsweep's sweeper wrote it."""
-    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TARGET
-
     path = sweep_dir / MULTIRUN_FILE
     if not path.is_file():
         raise UserError(
@@ -110,7 +109,7 @@ def confirm_command(sweep_dir: Path, top: int, seeds: int) -> tuple[list[str], P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnsweep.confirm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cnnsweep confirm", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a finished sweep's folder (multirun/<study_name>)")
     parser.add_argument("--top", type=int, default=3, help="how many of its best configurations (default 3)")
     parser.add_argument("--seeds", type=int, default=5, help="fresh seeds each is trained on (default 5)")

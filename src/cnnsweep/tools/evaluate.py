@@ -1,4 +1,4 @@
-"""Evaluate a run's checkpoint on the test set: `python -m cnnsweep.evaluate RUN_FOLDER|CHECKPOINT`.
+"""Evaluate a run's checkpoint on the test set: `cnnsweep evaluate RUN_FOLDER|CHECKPOINT`.
 
 Rebuilds the model from the run's saved config (.hydra/config.yaml; for a bare checkpoint file, the
 config stored in it), loads the checkpoint (best.pt unless told otherwise) and reports test loss and
@@ -22,6 +22,7 @@ import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by s
 from cnnsweep.artifacts import RunFolder, load_checkpoint, load_weights, write_json
 from cnnsweep.errors import UserError, make
 from cnnsweep.files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE
+from cnnsweep.renames import current_names
 from cnnsweep.train.data import to_unit
 from cnnsweep.train.loop import autocast, layout_setting, predict, resolve_device
 from cnnsweep.train.model import build_model
@@ -70,7 +71,8 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path, "it cannot be evaluated")
     saved = folder.read_config()
     config_source = str(folder.hydra / CONFIG_FILE) if saved else f"the config stored in {checkpoint_path}"
-    config = OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True)
+    # a run from before the package's split names its classes by their old paths
+    config = current_names(OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True))
     model = load_model(checkpoint, config, checkpoint_path, config_source)
 
     if data_root is not None:
@@ -137,7 +139,7 @@ def summarize_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnsweep.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cnnsweep evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("target", type=Path, help="a run folder, or a checkpoint file (.pt)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for a run folder")
     parser.add_argument("--data-root", help="the data set's folder, as data.root (default: the run's data.root)")

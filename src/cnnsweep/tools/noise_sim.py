@@ -1,17 +1,17 @@
 """Which strategy chooses better when the true differences are smaller than one run's noise: a simulation.
 
-    python -m cnnsweep.noise_sim [--sweeps S] [--runs B] [--seed X] [--out DIR]
+    cnnsweep noise_sim [--sweeps S] [--runs B] [--seed X] [--out DIR]
 
 Many simulated sweeps over the search space of conf/hparams_search/lr_gamma_dropout.yaml (learning rate,
 StepLR's gamma, dropout), each spending the same B training runs in each of these ways:
 
 - single:  B trials on one seed each; the winner is the best single value (what a sweep did before repeats).
 - repeats: B/K trials, each the mean of K seeds (`hydra.sweeper.repeats=K`); the winner is the best mean.
-- confirm: B - N*M single-seed trials, then the top N on M fresh seeds (`python -m cnnsweep.confirm`); the
+- confirm: B - N*M single-seed trials, then the top N on M fresh seeds (`cnnsweep confirm`); the
            winner is the best confirmed mean.
 - repeats_splits, confirm_splits: the same, but each repeat (each confirmation run) is validated on a
            validation split of its own (as if `data.split_seed` changed with the seed), which neither
-           `hydra.sweeper.repeats` nor `cnnsweep.confirm` does: what varying the split would buy.
+           `hydra.sweeper.repeats` nor `cnnsweep confirm` does: what varying the split would buy.
 
 The samplers are Optuna's own, driven through ask/tell as the sweeper drives them: cnnsweep's TPE (its
 TPEConf: multivariate, constant_liar, seeded and reseeded per trial as sweep/claims.py does), each trial
@@ -74,6 +74,7 @@ from cnnsweep.artifacts import write_csv
 from cnnsweep.errors import UserError
 from cnnsweep.schema import CONF_DIR
 from cnnsweep.sweep.noise import Interval, mean_interval, paired_difference
+from cnnsweep.sweep.plugin_facts import TPEConf
 from cnnsweep.sweep.samplers import configure_trial, reseed, search_space
 
 SEARCH_FILE = CONF_DIR / "hparams_search" / "lr_gamma_dropout.yaml"
@@ -266,8 +267,6 @@ def plans(runs: int, repeats: int, top: int, seeds: int) -> list[Plan]:
 
 def tpe_sampler(seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's TPESampler with the settings of cnnsweep's `hydra/sweeper/sampler=tpe` (its TPEConf)."""
-    from hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper import TPEConf
-
     settings = {f.name: getattr(TPEConf, f.name, None) for f in fields(TPEConf) if f.name != "_target_"}
     settings = {name: value for name, value in settings.items() if value is not None}
     return optuna.samplers.TPESampler(**{**settings, "seed": seed})
@@ -501,7 +500,7 @@ def draw(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cnnsweep.noise_sim",
+        prog="cnnsweep noise_sim",
         description=__doc__.splitlines()[0],
         epilog="e.g. " + __doc__.splitlines()[2],
     )

@@ -1,4 +1,4 @@
-"""Tables and plots of finished work: `python -m cnnsweep.report PATH`.
+"""Tables and plots of finished work: `cnnsweep report PATH`.
 
 PATH is a run folder, a sweep folder, or any tree of them (outputs/, multirun/). The command prints
 one table of every run found (objective, test accuracy, parameters, epochs, duration, state and the
@@ -372,7 +372,7 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnsweep.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cnnsweep report", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a run folder, a sweep folder, or outputs/ or multirun/")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--no-plots", action="store_true", help="print only; write no PNG files")

@@ -1,7 +1,7 @@
 """Whole runs and whole sweeps, timed from the outside: what a researcher waits for.
 
-    python -m cnnsweep.runbench runs --recipe minute=experiment=minute --seeds 0,1,2
-    python -m cnnsweep.runbench sweep --variant eager=trainer.compile=false --variant compiled=trainer.compile=true \\
+    cnnsweep runbench runs --recipe minute=experiment=minute --seeds 0,1,2
+    cnnsweep runbench sweep --variant eager=trainer.compile=false --variant compiled=trainer.compile=true \\
         hparams_search=lr_gamma_dropout trainer.epochs=2 hydra.sweeper.n_trials=8
 
 `runs`: each recipe once per seed, one run at a time, as `python train.py OVERRIDES seed=N`; the wall
@@ -154,7 +154,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnsweep.runbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cnnsweep runbench", description=__doc__.splitlines()[0])
     modes = parser.add_subparsers(dest="mode", required=True)
     runs = modes.add_parser("runs", help="wall time and test accuracy of whole runs")
     runs.add_argument("overrides", nargs="*", help="Hydra overrides for every recipe")
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in (runs, sweep):
         mode.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
-    command = "python -m cnnsweep.runbench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "cnnsweep runbench " + shlex.join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="runbench-") as folder:
         scratch = Path(folder)
         if args.mode == "runs":

@@ -1,7 +1,7 @@
 """Per-channel mean and std of a data option's training images, for its `mean:` and `std:` keys.
 
-    python -m cnnsweep.stats data=fashion_mnist
-    python -m cnnsweep.stats data=image_folder data.root=PATH data.num_classes=5
+    cnnsweep stats data=fashion_mnist
+    cnnsweep stats data=image_folder data.root=PATH data.num_classes=5
 
 Takes the same overrides as train.py; prints the figures for the YAML file.
 """
@@ -28,7 +28,7 @@ def training_stats(overrides: list[str]) -> tuple[int, list[float], list[float]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cnnsweep.stats", description=__doc__.splitlines()[0], epilog="e.g. " + __doc__.splitlines()[2]
+        prog="cnnsweep stats", description=__doc__.splitlines()[0], epilog="e.g. " + __doc__.splitlines()[2]
     )
     parser.add_argument("overrides", nargs="*", help="train.py's overrides choosing and configuring the data")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

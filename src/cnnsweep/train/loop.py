@@ -178,7 +178,7 @@ def device_defaults(device: torch.device) -> dict[str, Any]:
     """What the null memory-layout settings mean on a device (`precision: auto` is the hardware's
     choice: cnnsweep.train.machine.choose_precision).
 
-    Measured with `python -m cnnsweep.bench` on a 2-core CPU: NHWC made training 9% slower and
+    Measured with `cnnsweep bench` on a 2-core CPU: NHWC made training 9% slower and
     evaluation 1.7x faster. On CUDA, NHWC is the usual win for convolutions (not measured here:
     no GPU was available).
     """

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-# bf16 autocast against fp32 training, measured side by side by `python -m cnnsweep.bench` on two
+# bf16 autocast against fp32 training, measured side by side by `cnnsweep bench` on two
 # 2-core CPUs (results/bench/<machine>/cpu.json): with AMX (Intel Xeon) bf16 trained the seed network
 # 1.16x faster (4,264 against 3,686 img/s, compiled) and evaluated 1.74x faster; without native bf16
 # (AMD EPYC, AVX2), where it is emulated, 0.18x (299 against 1,619 img/s): 5.4 times slower.

@@ -14,24 +14,14 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import (
-    GPSamplerConfig,
-    GridSamplerConfig,
-    OptunaSweeperConf,
-    TPESamplerConfig,
-)
+from hydra_plugins.hydra_optuna_sweeper.config import GPSamplerConfig, GridSamplerConfig, OptunaSweeperConf
 from omegaconf import MISSING, DictConfig
 
 from cnnsweep.files import STUDY_DB
+from cnnsweep.sweep.plugin_facts import PRUNER_TARGETS, SAMPLER_TARGETS, TARGET, TPEConf
 
 # OmegaConf reads these annotations at runtime: keep typing's Optional/List forms.
 # ruff: noqa: UP006, UP007, UP035, UP045
-
-
-# What a sweep's sampler and pruner configs may build (Hydra 1.4 instantiates only whitelisted targets).
-SAMPLER_TARGETS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*", "cnnsweep.sweep.samplers.*")
-PRUNER_TARGETS = ("optuna.pruners.*",)
-TARGET = "hydra_plugins.cnnsweep_sweeper.cnnsweep_sweeper.CnnsweepSweeper"  # jobs tell a cnnsweep sweep by it
 
 
 @dataclass
@@ -73,17 +63,6 @@ class ThresholdPrunerConf:
 @dataclass
 class NopPrunerConf:
     _target_: str = "optuna.pruners.NopPruner"
-
-
-@dataclass
-class TPEConf(TPESamplerConfig):
-    """`hydra/sweeper/sampler=tpe` (the default) with Optuna 5's own defaults for parallel workers, which
-    hydra-optuna-sweeper's config turns off: multivariate (a joint density over the parameters, so widths
-    that only fit the budget together are drawn together) and constant_liar (a running trial counts as a
-    bad result, so lanes asking at the same moment do not draw the same region). Measured in README, Sweeps."""
-
-    multivariate: bool = True
-    constant_liar: bool = True
 
 
 @dataclass

@@ -82,6 +82,8 @@ def test_cnnsweep_names_its_tools_and_runs_each_with_its_arguments():
     assert stats.returncode == 0 and stats.stdout.startswith("usage: cnnsweep stats"), stats.stderr
     direct = subprocess.run([sys.executable, "-m", "cnnsweep.tools.stats", "--help"], capture_output=True, text=True)
     assert direct.returncode == 0 and direct.stdout == stats.stdout  # the module itself still runs
+    confirm = subprocess.run([sys.executable, "-m", "cnnsweep.confirm", "--help"], capture_output=True, text=True)
+    assert confirm.returncode == 0 and confirm.stdout == tool("confirm", "--help").stdout  # its own short name
 
 
 def test_an_unknown_tool_is_refused_in_one_line_naming_the_tools():

@@ -147,6 +147,7 @@ def with_old_names(node: object) -> object:
     return node.replace("cnnsweep.train.", "cnnsweep.") if isinstance(node, str) else node
 
 
+@pytest.mark.slow  # a sweep (or runs) in subprocesses: the quick loop keeps its neighbours
 def test_a_run_folder_from_before_the_split_resumes_and_evaluates(tiny_mnist, tmp_path):
     runner = tmp_path / "stop.py"
     runner.write_text(STOP_AFTER_FIRST_CHECKPOINT)

@@ -273,6 +273,7 @@ def test_each_trial_trains_on_the_same_seeds_in_its_own_folders_and_its_value_is
     assert f"    trial {top['number']}: {shown}, test_acc" in report.stdout
 
 
+@pytest.mark.slow  # a sweep (or runs) in subprocesses: the quick loop keeps its neighbours
 def test_a_configuration_over_budget_launches_none_of_its_repeats(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     grid = ("model.widths.6=choice(16,400)", "hydra.sweeper.repeats=2", *IN_PROCESS)
@@ -286,6 +287,7 @@ def test_a_configuration_over_budget_launches_none_of_its_repeats(tiny_mnist, tm
     assert sorted(int(run["trial"]) for run in read_repeats(sweep_dir)) == [int(fine["number"])] * 2
 
 
+@pytest.mark.slow  # a sweep (or runs) in subprocesses: the quick loop keeps its neighbours
 def test_a_rerun_with_other_repeats_is_refused_in_one_line(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     first = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=1", "data.train_limit=300"))
@@ -295,6 +297,7 @@ def test_a_rerun_with_other_repeats_is_refused_in_one_line(tiny_mnist, tmp_path)
     assert len(load_study(sweep_dir).trials) == 1
 
 
+@pytest.mark.slow  # a sweep (or runs) in subprocesses: the quick loop keeps its neighbours
 def test_a_pruned_trial_stops_its_repeats_and_is_pruned(tiny_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # ThresholdPruner(lower=1.1) prunes any mean accuracy: trial 0's repeats run one after another (in this

@@ -27,7 +27,7 @@ from cnnsweep.sweep.sweeper import configure_trial
 SAMPLERS = ("tpe", "random", "gp", "qmc", "cmaes", "nsgaii", "nsgaiii", "grid")
 LEARNING = ("tpe", "gp")  # samplers with startup trials before their own model: n_startup_trials=3 below
 SEARCHES = {path.stem: [] for path in sorted((CONF_DIR / "hparams_search").glob("*.yaml"))}
-SEARCHES |= {"fast": ["experiment=fast"], "tiny": ["experiment=tiny"], "minute": ["experiment=minute"]}  # of those recipes
+SEARCHES |= {"fast": ["experiment=fast"], "tiny": ["experiment=tiny"], "minute": ["experiment=minute"]}  # recipes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -40,7 +40,7 @@ from cnnsweep.sweep.confirmation import (
     write_confirmation,
 )
 from cnnsweep.sweep.endings import FailurePolicy
-from cnnsweep.sweep.noise import confirmation_seeds
+from cnnsweep.sweep.noise import SEED_KEY, confirmation_seeds
 from cnnsweep.sweep.outcomes import job_outcome, tell
 from cnnsweep.sweep.results import study_rows, write_confirmed
 from cnnsweep.sweep.samplers import configure_trial
@@ -50,7 +50,6 @@ from cnnsweep.train.signals import Interrupted
 log = logging.getLogger(__name__)
 
 CONFIRM_SUFFIX = ".confirm"  # the confirmation study's name: the search's study name and this
-SEED_KEY = "seed"  # the config key a run's seed is set by (conf/train.yaml)
 
 
 def confirm_study_name(study_name: str) -> str:

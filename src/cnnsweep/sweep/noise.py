@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 CONFIDENCE = 0.95  # intervals' coverage, unless asked otherwise
+SEED_KEY = "seed"  # the config key a run's seed is set by (conf/train.yaml): what repeats and confirmations override
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:

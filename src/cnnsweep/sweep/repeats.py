@@ -28,9 +28,8 @@ from optuna.trial import TrialState
 
 from cnnsweep.errors import UserError
 from cnnsweep.sweep.attrs import REASON, REPEATS_RAN, VALUES_SD
+from cnnsweep.sweep.noise import SEED_KEY as SEED
 from cnnsweep.sweep.outcomes import Outcome
-
-SEED = "seed"  # the key a repeat's job overrides
 
 
 def job_number(trial: int, repeat: int, repeats: int) -> int:

@@ -75,7 +75,7 @@ def test_a_missing_package_is_refused_in_one_line_naming_the_option_and_the_inst
         check_packages(config, {"hydra/sweeper/sampler": "cmaes"})
     assert str(refused.value) == (
         "hydra/sweeper/sampler=cmaes (optuna.samplers.CmaEsSampler) needs the Python package 'cmaes', "
-        "which is not installed here: " + NEEDS["optuna.samplers.CmaEsSampler"].install
+        "which is not installed here: " + NEEDS["optuna.samplers.cmaessampler"].install
     )
     check_packages({"sampler": {"_target_": "optuna.samplers.TPESampler"}})  # nothing extra: no refusal
 

@@ -24,13 +24,13 @@ class Needs:
     install: str  # the command that installs it
 
 
-# `_target_` prefix -> the package its class imports only once it is used.
+# `_target_` prefix, lower case -> the package its class imports only once it is used. Lower case, so that one
+# prefix names a tracker by its module path (cnnsweep.track.mlflow.MLflowLogger) or its short one
+# (cnnsweep.track.MLflowLogger).
 NEEDS = {
-    "optuna.samplers.CmaEsSampler": Needs("cmaes", 'pip install cmaes (or reinstall cnnsweep: pip install -e ".")'),
-    "cnnsweep.track.TensorBoardLogger": Needs("tensorboard", 'pip install -e ".[tensorboard]"'),
-    "cnnsweep.track.tensorboard.": Needs("tensorboard", 'pip install -e ".[tensorboard]"'),
-    "cnnsweep.track.MLflow": Needs("mlflow", 'pip install -e ".[mlflow]"'),
-    "cnnsweep.track.mlflow.": Needs("mlflow", 'pip install -e ".[mlflow]"'),
+    "optuna.samplers.cmaessampler": Needs("cmaes", 'pip install cmaes (or reinstall cnnsweep: pip install -e ".")'),
+    "cnnsweep.track.tensorboard": Needs("tensorboard", 'pip install -e ".[tensorboard]"'),
+    "cnnsweep.track.mlflow": Needs("mlflow", 'pip install -e ".[mlflow]"'),
     "hydra_plugins.hydra_submitit_launcher.": Needs("submitit", 'pip install -e ".[cluster]"'),
 }
 # Launchers are options of Hydra's own group, there only once their plugin package is installed.
@@ -51,7 +51,7 @@ def installed(module: str) -> bool:
 
 def needs(target: str) -> Needs | None:
     """What the class `target` names imports beyond cnnsweep's own dependencies, if anything."""
-    return next((need for prefix, need in NEEDS.items() if target.startswith(prefix)), None)
+    return next((need for prefix, need in NEEDS.items() if target.lower().startswith(prefix)), None)
 
 
 def targets(node: Any, key: str = "") -> Iterator[tuple[str, str]]:

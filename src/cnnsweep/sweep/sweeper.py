@@ -132,7 +132,7 @@ class StudySweeper:
         self.directions = checked_directions(self.objectives, self.direction)
         self.distributions, self.fixed_params = self._search_space(arguments)
         check_repeats(self.repeats, list(self.distributions))
-        self.seeds = repeat_seeds(self.config.seed, self.repeats) if self.repeats > 1 else [self.config.seed]
+        self.seeds = repeat_seeds(self.config.seed, self.repeats)  # [seed] with one repeat
         check_objectives(self.sampler, self.objectives)
         # a sampler, launcher or logger whose package is missing: one line now, not a traceback mid-sweep
         check_packages(OmegaConf.to_container(self.config, resolve=False), self.config.hydra.runtime.choices)

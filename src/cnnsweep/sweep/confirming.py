@@ -121,7 +121,8 @@ class ConfirmationStage:
         if study.metric_names != self.objectives:
             study.set_metric_names(self.objectives)
         self.study_id = self.rdb.get_study_id_from_name(self.name)
-        wanted = [(c, seed) for c in self.candidates for seed in self.seeds]
+        # seed by seed, so that a confirmation stopped midway has every configuration on the same seeds (paired)
+        wanted = [(c, seed) for seed in self.seeds for c in self.candidates]
         covered = self.pairs(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
         for candidate, seed in wanted:
             if (candidate.number, seed) not in covered:

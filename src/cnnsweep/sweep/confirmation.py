@@ -52,6 +52,7 @@ class SeedRun:
     seed: int
     value: float
     test_acc: float | None = None
+    seconds: float | None = None  # the run's wall time
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Confirmed:
     difference: Interval | None  # this minus the best, paired over the seeds both ran; None for the best
     verdict: str
     seeds: tuple[int, ...]
+    seconds: float | None = None  # its runs' wall time, summed (None if a run's is not known)
 
 
 def pick_candidates(
@@ -91,6 +93,7 @@ def rank_confirmed(candidates: Sequence[Candidate], runs: Sequence[SeedRun], dir
     for rank, (candidate, seeds) in enumerate(measured, start=1):
         values = {seed: run.value for seed, run in seeds.items()}
         test = [run.test_acc for run in seeds.values() if run.test_acc is not None]
+        times = [run.seconds for run in seeds.values()]
         if rank == 1:
             best_values, difference, verdict = values, None, BEST
         else:
@@ -105,6 +108,7 @@ def rank_confirmed(candidates: Sequence[Candidate], runs: Sequence[SeedRun], dir
                 difference=difference,
                 verdict=verdict,
                 seeds=tuple(sorted(seeds)),
+                seconds=None if None in times else sum(times),
             )
         )
     return confirmed
@@ -138,6 +142,7 @@ def confirmation_rows(confirmed: Sequence[Confirmed], objective: str) -> list[di
             **figures("test_acc", item.test_acc, with_sd=True),
             "search_value": item.candidate.search_value,
             "seeds": " ".join(str(seed) for seed in item.seeds),
+            "run_seconds": None if item.seconds is None else round(item.seconds, 1),
         }
         rows.append(row | item.candidate.params)
     return rows

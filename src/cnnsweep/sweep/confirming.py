@@ -261,7 +261,8 @@ class ConfirmationStage:
                 continue
             number, seed = pair(trial)
             if number in wanted and seed in self.seeds and (number, seed) not in done:
-                run = SeedRun(number, seed, trial.values[0], trial.user_attrs.get("test_acc"))
+                attrs = trial.user_attrs
+                run = SeedRun(number, seed, trial.values[0], attrs.get("test_acc"), attrs.get("duration_s"))
                 done[(number, seed)] = (run, trial)
         return done
 

@@ -31,6 +31,7 @@ from cnnsweep.sweep.confirmation import (
     WORSE,
     Candidate,
     SeedRun,
+    confirmed_params,
     pick_candidates,
     rank_confirmed,
     read_confirmation,
@@ -141,6 +142,7 @@ def test_confirmation_csv_round_trips_and_the_yaml_gets_the_winner(tmp_path):
     assert rows[1]["diff_mean"] == pytest.approx(-0.0005) and rows[1]["diff_low"] < 0 < rows[1]["diff_high"]
     assert rows[1]["test_acc_mean"] == pytest.approx(0.9905)
     assert first["run_seconds"] is None  # a run's wall time not known
+    assert confirmed_params(first) == {"optimizer.lr": 0.2}  # every other column is a figure
     assert read_confirmation(tmp_path / "nowhere") == []
     timed = [SeedRun(2, 3, 0.99, 0.99, 61.25), SeedRun(2, 4, 0.99, 0.99, 58.5)]
     write_confirmation(tmp_path, rank_confirmed(candidates[1:], timed, MAXIMIZE), "val_acc")

@@ -150,8 +150,23 @@ def confirmation_rows(confirmed: Sequence[Confirmed], objective: str) -> list[di
 
 def figures(prefix: str, interval: Interval | None, with_sd: bool) -> dict[str, float | None]:
     """An interval as columns (empty where there is none, or no spread to measure: NaN)."""
-    names = ("mean", "sd", "low", "high") if with_sd else ("mean", "low", "high")
-    return {f"{prefix}_{name}": plain(getattr(interval, name)) if interval else None for name in names}
+    return {f"{prefix}_{name}": plain(getattr(interval, name)) if interval else None for name in stats(with_sd)}
+
+
+def stats(with_sd: bool) -> tuple[str, ...]:
+    return ("mean", "sd", "low", "high") if with_sd else ("mean", "low", "high")
+
+
+COLUMNS = (  # confirmation.csv's columns before the configuration's params
+    "rank", "trial", "objective", "verdict", "n_seeds",
+    *(f"value_{name}" for name in stats(True)), *(f"diff_{name}" for name in stats(False)),
+    *(f"test_acc_{name}" for name in stats(True)), "search_value", "seeds", "run_seconds",
+)  # fmt: skip
+
+
+def confirmed_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a confirmation.csv row confirmed: its params."""
+    return {key: value for key, value in row.items() if key not in COLUMNS}
 
 
 def plain(value: float) -> float | None:
@@ -165,8 +180,13 @@ def write_confirmation(sweep_dir: Path, confirmed: Sequence[Confirmed], objectiv
 
 
 def read_confirmation(sweep_dir: Path) -> list[dict[str, Any]]:
-    """confirmation.csv's rows, best first, numbers as numbers and `seeds` as a list; [] where there is none."""
-    path = sweep_dir / CONFIRMATION_FILE
+    """The sweep's confirmation.csv rows (read_confirmation_file)."""
+    return read_confirmation_file(sweep_dir / CONFIRMATION_FILE)
+
+
+def read_confirmation_file(path: Path) -> list[dict[str, Any]]:
+    """A confirmation.csv's rows (also one kept under another name), best first, numbers as numbers and
+    `seeds` as a list; [] where there is none."""
     if not path.is_file():
         return []
     rows = read_csv(path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +11,7 @@ import pytest
 import yaml
 
 from cnnsweep.artifacts import RunStatus
-from cnnsweep.files import BEST_FILE, METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.files import BEST_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.train.model import ConvNet, count_parameters
@@ -152,35 +150,6 @@ def test_rerunning_continues_the_same_study(tiny_mnist, tmp_path):
     assert len(set(params)) == 3, "a resumed sweep must not repeat the trials it already ran"
     done = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=3"))
     assert done.returncode == 0 and len(load_study(sweep_dir).trials) == 3  # nothing left to do
-
-
-@pytest.mark.slow
-def test_a_killed_sweep_resumes_and_retries_its_running_trial(tiny_mnist, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    args = optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2", "trainer.epochs=40")
-    worker = train_py(*args, wait=False)
-    try:
-        metrics = sweep_dir / "0" / METRICS_FILE
-        deadline = time.time() + 120
-        while not metrics.exists() and time.time() < deadline:  # trial 0 is training
-            time.sleep(0.2)
-        assert metrics.exists(), "trial 0 never started"
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-    killed = [t for t in load_study(sweep_dir).trials if t.state.name == "RUNNING"]
-    assert killed and killed[0].number == 0  # one running trial per core
-
-    resumed = train_py(*optuna_overrides(tiny_mnist, sweep_dir, "hydra.sweeper.n_trials=2"))
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    trials = load_study(sweep_dir).trials
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 2 and len(trials) == len(killed) + 2
-    rows = {int(row["number"]): row for row in read_trials(sweep_dir)}
-    for lost in killed:
-        assert trials[lost.number].state.name == "FAIL"
-        assert rows[lost.number]["reason"].startswith("interrupted: worker")
-        assert any(t.params == lost.params for t in complete)  # the lost trial's parameters, tried again
 
 
 @pytest.mark.slow

@@ -143,14 +143,17 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     assert metrics(run_dir) == metrics(uninterrupted)
 
 
-def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("compile", ["auto", pytest.param("true", marks=pytest.mark.slow)])  # compiling: seconds
+def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path, compile):
     run_dir = tmp_path / "run"
-    result = train_py(*tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3"), f"hydra.run.dir={run_dir}")
+    overrides = tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3", f"trainer.compile={compile}")
+    result = train_py(*overrides, f"hydra.run.dir={run_dir}")
     assert result.returncode == 1
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
     stopped = summary(run_dir)
     assert stopped["status"] == RunStatus.DIVERGED and stopped["diverged_at"]["epoch"] == 1
+    assert stopped["compile"]["compiled"] is (compile == "true")  # auto: eager for so few steps
     # seeded: steps of lr 1e9 throw the weights so far that the fourth batch's loss is NaN
     assert stopped["diverged_at"]["batch"] == 4 and stopped["epochs_run"] == 0
     assert "training diverged: loss nan at epoch 1, batch 4 " in lines[0]  # the line names the same place

@@ -13,7 +13,16 @@ from cnnsweep.artifacts import RunFolder, read_csv, read_json
 from cnnsweep.files import METRICS_FILE, TRIALS_FILE
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG, read_id
 
-from helpers import REPO, readme_files, summary, tiny_overrides, train_py, wait_for_rows, write_files
+from helpers import (
+    REPO,
+    grid_study_overrides,
+    readme_files,
+    summary,
+    tiny_overrides,
+    train_py,
+    wait_for_rows,
+    write_files,
+)
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -101,9 +110,8 @@ def tracked_sweep(tiny_mnist, tmp_path_factory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("tracked")
     sweep_dir, uri = folder / "sweep", store(folder)
     result = train_py(
-        "--multirun", *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"),
-        "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=tracked",
-        "model.widths.6=choice(16,400)", "optimizer.lr=choice(0.05,0.2,1e9)", f"hydra.sweep.dir={sweep_dir}",
+        *grid_study_overrides(tiny_mnist, sweep_dir, "trainer.compile=false", "model.widths.6=choice(16,400)",
+                              "optimizer.lr=choice(0.05,0.2,1e9)"),
         "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

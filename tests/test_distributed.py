@@ -71,17 +71,6 @@ def worker(
             output.close()  # the child holds its own copy
 
 
-def test_two_workers_on_postgres_run_every_trial_once(tiny_mnist, tmp_path, postgres_url):
-    workers = [worker(tiny_mnist, tmp_path / f"worker{i}", postgres_url, "shared", 6, 1) for i in range(2)]
-    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
-    trials = [t for t in optuna.load_study(study_name="shared", storage=postgres_url).trials]
-    counted = [t for t in trials if not t.user_attrs.get(SURPLUS)]
-    assert len(counted) == 6 and {t.state.name for t in counted} == {"COMPLETE"}
-    assert sorted(t.number for t in trials) == list(range(len(trials)))  # no number used twice
-    assert len({t.system_attrs[OWNER] for t in counted}) == 2, "both workers ran trials"
-
-
 def test_a_killed_worker_loses_nothing_the_other_retries_its_trial(tiny_mnist, tmp_path, postgres_url):
     victim = worker(tiny_mnist, tmp_path / "victim", postgres_url, "kill", 6, 3)
     storage = optuna.storages.RDBStorage(postgres_url)

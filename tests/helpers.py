@@ -5,7 +5,6 @@ a subprocess, and the files runs and sweeps write, read back."""
 from __future__ import annotations
 
 import csv
-import json
 import pickle
 import re
 import struct
@@ -19,6 +18,7 @@ import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cnnsweep.artifacts import RunFolder
 from cnnsweep.files import METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
 from cnnsweep.schema import CONF_DIR, compose_config
 
@@ -209,14 +209,22 @@ def tool(name: str, *args: object, cwd: Path | None = None, timeout: float = 600
 
 
 def summary(run_dir: str | Path) -> dict:
-    """A run's summary.json."""
-    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    """A run's summary.json, read by its owner."""
+    said = RunFolder(Path(run_dir)).read_summary()
+    assert said is not None, f"{run_dir} has no {SUMMARY_FILE}"
+    return said
+
+
+def cells(table: Path) -> list[dict[str, str]]:
+    """A CSV file's rows with each cell as the file spells it: for tests of what a table says (a cell "0.0", not
+    "0"). cnnsweep.artifacts.read_csv, the tables' reader, gives their values (numbers, None)."""
+    with open(table, newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
-    """A run's metrics.csv, one dict per epoch, every column."""
-    with open(Path(run_dir) / METRICS_FILE, newline="") as file:
-        return list(csv.DictReader(file))
+    """A run's metrics.csv, one dict per epoch, every column, as the file spells it."""
+    return cells(RunFolder(Path(run_dir)).metrics)
 
 
 def metrics(run_dir: str | Path) -> list[dict[str, str]]:
@@ -236,9 +244,8 @@ def wait_for_rows(run_dir: Path, rows: int, process: subprocess.Popen, timeout: 
 
 
 def read_trials(sweep_dir: str | Path) -> list[dict[str, str]]:
-    """A sweep's trials.csv, one dict per trial."""
-    with open(Path(sweep_dir) / TRIALS_FILE, newline="") as table:
-        return list(csv.DictReader(table))
+    """A sweep's trials.csv, one dict per trial, as the file spells it."""
+    return cells(Path(sweep_dir) / TRIALS_FILE)
 
 
 def study_url(sweep_dir: Path) -> str:

@@ -26,7 +26,7 @@ from cnnsweep.sweep.storage import StorageUnavailable
 from cnnsweep.sweep.study import open_storage
 from cnnsweep.sweep.trial import connect_trial
 
-from helpers import read_trials, train_py
+from helpers import IN_PROCESS, read_trials, train_py
 from postgres import running_server
 
 pytestmark = pytest.mark.slow  # submitit jobs and a PostgreSQL server
@@ -194,7 +194,7 @@ def test_a_database_restart_between_trials_loses_no_trial(tiny_mnist, tmp_path, 
     args = sweep_args(
         tiny_mnist, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=restart",
         f"hydra.sweeper.n_trials={n_trials}", "objective=[val_acc,n_params]", "hydra/sweeper/sampler=random",
-        "trainer.epochs=3", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1", FROM_ENVIRONMENT,
+        "trainer.epochs=3", *IN_PROCESS, FROM_ENVIRONMENT,
     )  # fmt: skip
     worker = start_sweep(args, secret_url)
     first_epoch = sweep_dir / "1" / METRICS_FILE  # trial 1 is training: its last two epochs take about a second

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from browser import PNG_SIGNATURE, RENDER, browse, page_text, program
-from helpers import train_py
+from helpers import IN_PROCESS, tiny_overrides, train_py
 from postgres import free_port
 
 pytestmark = pytest.mark.slow  # a served sweep in a real headless browser
@@ -36,13 +36,9 @@ def dashboard_program() -> str:
 def finished_sweep(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder a two-trial sweep named STUDY ran in: its study is in multirun/STUDY/optuna.db."""
     folder = tmp_path_factory.mktemp("watched")
-    args = [
-        "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100", "trainer.epochs=1",
-        "trainer.progress=false", "trainer.device=cpu", "trainer.compile=auto", "hparams_search=lr_gamma_dropout",
-        f"hydra.sweeper.study_name={STUDY}", "hydra.sweeper.n_trials=2", "hydra/launcher=basic",
-        "hydra.sweeper.n_jobs=1",
-    ]  # fmt: skip
-    result = train_py(*args, cwd=folder)
+    search = ("hparams_search=lr_gamma_dropout", f"hydra.sweeper.study_name={STUDY}", "hydra.sweeper.n_trials=2")
+    args = tiny_overrides(tiny_mnist, "data.val_size=100", *search, *IN_PROCESS)  # in the default sweep folder
+    result = train_py("--multirun", *args, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
     return folder
 

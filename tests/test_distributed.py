@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cnnsweep.sweep.attrs import OWNER, REASON, REQUEUED, RETRIED_FROM, SURPLUS
 from cnnsweep.sweep.study import Lanes, open_storage, requeue_lost_trials
 
-from helpers import read_trials, train_py
+from helpers import IN_PROCESS, read_trials, sweep_overrides, train_py
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and sweep workers in processes
 
@@ -58,31 +58,17 @@ def worker(
     log: Path | None = None,
 ) -> subprocess.Popen:
     """A sweep process on the shared study; its output goes to a pipe, or to `log` (for workers nobody reads)."""
-    args = [
-        "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100",
-        f"trainer.epochs={epochs}", "trainer.progress=false", "trainer.device=cpu", "trainer.compile=auto",
-        "hparams_search=lr_gamma_dropout",
+    args = sweep_overrides(
+        tiny_mnist, sweep_dir, f"trainer.epochs={epochs}", "hparams_search=lr_gamma_dropout",
         f"hydra.sweeper.study_name={study}", f"hydra.sweeper.storage={url}", f"hydra.sweeper.n_trials={n_trials}",
-        f"hydra.sweep.dir={sweep_dir}", "hydra/sweeper/pruner=nop", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1",
-        *overrides,
-    ]  # fmt: skip
+        "hydra/sweeper/pruner=nop", *IN_PROCESS, *overrides,
+    )  # fmt: skip
     output = log.open("wb") if log else subprocess.PIPE
     try:
         return train_py(*args, wait=False, stdout=output, text=False)
     finally:
         if log:
             output.close()  # the child holds its own copy
-
-
-def test_two_workers_on_postgres_run_every_trial_once(tiny_mnist, tmp_path, postgres_url):
-    workers = [worker(tiny_mnist, tmp_path / f"worker{i}", postgres_url, "shared", 6, 1) for i in range(2)]
-    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
-    trials = [t for t in optuna.load_study(study_name="shared", storage=postgres_url).trials]
-    counted = [t for t in trials if not t.user_attrs.get(SURPLUS)]
-    assert len(counted) == 6 and {t.state.name for t in counted} == {"COMPLETE"}
-    assert sorted(t.number for t in trials) == list(range(len(trials)))  # no number used twice
-    assert len({t.system_attrs[OWNER] for t in counted}) == 2, "both workers ran trials"
 
 
 def test_a_killed_worker_loses_nothing_the_other_retries_its_trial(tiny_mnist, tmp_path, postgres_url):

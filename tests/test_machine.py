@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnsweep.files import METRICS_FILE
+from cnnsweep.artifacts import RunFolder
 from cnnsweep.train import machine
 from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
 from cnnsweep.train.run import train
@@ -129,10 +129,9 @@ def test_evaluate_reproduces_a_bf16_runs_recorded_numbers_in_its_precision(tiny_
     from cnnsweep.tools.evaluate import evaluate_checkpoint
 
     train(compose_train(tiny_overrides(tiny_mnist, "trainer.precision=bf16")), tmp_path)
-    recorded = (tmp_path / METRICS_FILE).read_text().splitlines()
-    header, last = recorded[0].split(","), recorded[-1].split(",")
+    last = RunFolder(tmp_path).read_metrics()[-1]
     evaluation = evaluate_checkpoint(tmp_path, "last", device="cpu")
     assert evaluation["precision"] == "bf16"
     # in fp32 the loss differs in the fourth digit (2.28390 against 2.28312 when this was written)
-    assert evaluation["test_loss"] == pytest.approx(float(last[header.index("test_loss")]), rel=1e-6)
-    assert evaluation["test_acc"] == pytest.approx(float(last[header.index("test_acc")]), abs=1e-9)
+    assert evaluation["test_loss"] == pytest.approx(last["test_loss"], rel=1e-6)
+    assert evaluation["test_acc"] == pytest.approx(last["test_acc"], abs=1e-9)

@@ -4,7 +4,6 @@ The statistical asserts run small seeded simulations (30 runs per sweep, tens of
 the simulation seeds 0-11 (checked when they were written); each margin is several standard errors wide.
 """
 
-import csv
 import math
 import re
 import statistics
@@ -14,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from cnnsweep.artifacts import read_csv
 from cnnsweep.sweep.noise import paired_difference
 from cnnsweep.sweep.samplers import search_space
 from cnnsweep.tools.noise_sim import (
@@ -80,9 +80,9 @@ def test_the_landscape_has_a_broad_flat_top_fitted_to_the_projects_sweep():
     within = statistics.fmean(v >= world.best - 0.1 for v in values)
     assert 0.2 < within < 0.35  # "a quarter of the space lies within 0.1 point of the top"
     # The fit the docstring names: the test accuracies of the 10 finished trials of the project's sweep
-    with open(REPO / "results" / "sweeps" / "lr_gamma_dropout.trials.csv") as file:
-        done = [row for row in csv.DictReader(file) if row["state"] == "COMPLETE"]
-    residuals = [100 * float(row["test_acc"]) - world.truth({n: float(row[n]) for n in names}) for row in done]
+    trials = read_csv(REPO / "results" / "sweeps" / "lr_gamma_dropout.trials.csv")
+    done = [row for row in trials if row["state"] == "COMPLETE"]
+    residuals = [100 * row["test_acc"] - world.truth({n: row[n] for n in names}) for row in done]
     assert len(done) == 10
     assert statistics.stdev(residuals) < 0.07
 
@@ -160,16 +160,15 @@ def test_the_command_writes_the_table(tmp_path):
     command = [sys.executable, "-m", "cnnsweep", "noise_sim", "--sweeps", "3", "--runs", "12", "--repeats", "2"]
     command += ["--top", "2", "--confirm-seeds", "2", "--samplers", "random", "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    with open(tmp_path / "noise_sim.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_csv(tmp_path / "noise_sim.csv")
     assert [(r["sampler"], r["strategy"], r["runs"]) for r in rows] == [
-        ("random", "single", "12"),
-        ("random", "repeats", "12"),
-        ("random", "confirm", "12"),
-        ("random", "repeats_splits", "12"),
-        ("random", "confirm_splits", "12"),
+        ("random", "single", 12),
+        ("random", "repeats", 12),
+        ("random", "confirm", 12),
+        ("random", "repeats_splits", 12),
+        ("random", "confirm_splits", 12),
     ]
-    assert float(rows[0]["regret_mean"]) >= float(rows[0]["search_regret_mean"]) >= 0
+    assert rows[0]["regret_mean"] >= rows[0]["search_regret_mean"] >= 0
     assert (tmp_path / "noise_sim.png").read_bytes().startswith(b"\x89PNG")
     assert re.search(r"^\| random +\| confirm +\| 8 x 1 \+ 2 x 2 ", done.stdout, re.MULTILINE)
 

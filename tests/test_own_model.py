@@ -4,13 +4,12 @@ own argument and an evaluation, each started from that folder."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.artifacts import RunStatus, read_json
+from cnnsweep.tools.evaluate import EVALUATION_DIR
 
-from helpers import read_trials, readme_files, summary, tiny_overrides, tool, train_py, write_files
+from helpers import IN_PROCESS, read_trials, readme_files, summary, tiny_overrides, tool, train_py, write_files
 
 pytestmark = pytest.mark.slow  # four train.py processes, one of them a sweep: about a minute on 2 cores
 
@@ -30,7 +29,7 @@ def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_fold
 
     evaluated = tool("evaluate", run, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((run / "evaluation" / "evaluation.json").read_text())["test_acc"] == said["final_test_acc"]
+    assert read_json(run / EVALUATION_DIR / "evaluation.json")["test_acc"] == said["final_test_acc"]
 
     refused = train_py(
         "--config-dir", "myconf", "budget.max_params=7800", *tiny_overrides(tiny_mnist),
@@ -43,7 +42,7 @@ def test_readme_own_model_runs_sweeps_is_offered_and_evaluates_from_its_own_fold
     result = train_py(
         "--multirun", *mine, "hparams_search=lr_gamma_dropout", "model.width=int(interval(8, 48))",
         *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"), "hydra.sweeper.n_trials=3",
-        "hydra/sweeper/pruner=nop", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep}",
+        "hydra/sweeper/pruner=nop", *IN_PROCESS, f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

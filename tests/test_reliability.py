@@ -3,7 +3,6 @@ refused in one line before any training."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,20 +15,21 @@ import pytest
 import torch
 import yaml
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.artifacts import RunStatus, read_csv
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
-from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.files import METRICS_FILE, TRIALS_FILE
 from cnnsweep.sweep.attrs import REASON, REQUEUED
 from cnnsweep.train.run import train
 
 from helpers import (
     CONF,
+    IN_PROCESS,
     compose_train,
+    load_study,
     metrics,
-    read_trials,
-    study_url,
     summary,
+    sweep_overrides,
     tiny_overrides,
     train_py,
     wait_for_rows,
@@ -143,14 +143,17 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_run_resumes(
     assert metrics(run_dir) == metrics(uninterrupted)
 
 
-def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("compile", ["auto", pytest.param("true", marks=pytest.mark.slow)])  # compiling: seconds
+def test_a_diverging_run_stops_at_once_and_says_where(tiny_mnist, tmp_path, compile):
     run_dir = tmp_path / "run"
-    result = train_py(*tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3"), f"hydra.run.dir={run_dir}")
+    overrides = tiny_overrides(tiny_mnist, "optimizer.lr=1e9", "trainer.epochs=3", f"trainer.compile={compile}")
+    result = train_py(*overrides, f"hydra.run.dir={run_dir}")
     assert result.returncode == 1
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "training diverged: loss nan at epoch 1, batch" in lines[0]
     stopped = summary(run_dir)
     assert stopped["status"] == RunStatus.DIVERGED and stopped["diverged_at"]["epoch"] == 1
+    assert stopped["compile"]["compiled"] is (compile == "true")  # auto: eager for so few steps
     # seeded: steps of lr 1e9 throw the weights so far that the fourth batch's loss is NaN
     assert stopped["diverged_at"]["batch"] == 4 and stopped["epochs_run"] == 0
     assert "training diverged: loss nan at epoch 1, batch 4 " in lines[0]  # the line names the same place
@@ -232,7 +235,7 @@ def test_bad_values_are_refused_before_any_training(tiny_mnist, tmp_path, overri
     if overrides[0].startswith("model."):  # the model is built first: a bad one leaves nothing behind
         assert list(tmp_path.iterdir()) == []
     else:  # after that, summary.json says how the run ended
-        assert json.loads((tmp_path / SUMMARY_FILE).read_text())["status"] == RunStatus.FAILED
+        assert summary(tmp_path)["status"] == RunStatus.FAILED
 
 
 @pytest.mark.parametrize(
@@ -293,20 +296,38 @@ def test_missing_or_corrupt_mnist_is_named_in_one_line(tiny_mnist, tmp_path, dam
     assert len(lines) == 1 and expected in lines[0]
 
 
-@pytest.mark.slow
-def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    args = [
-        "--multirun", f"data.root={tiny_mnist}", "data.download=false", "data.val_size=100", "trainer.progress=false",
-        "trainer.device=cpu", "trainer.compile=auto", "hparams_search=lr_gamma_dropout",
-        "hydra.sweeper.study_name=test",
-        "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}",
-    ]  # fmt: skip
-    sweep = train_py(*args, "trainer.epochs=30", wait=False, start_new_session=True)
+def wait_for_training(sweep_dir: Path, process: subprocess.Popen, before: set[Path] = frozenset()) -> None:
+    """Wait until one of the sweep's trials, not among `before` (metrics.csv paths), has finished an epoch."""
     deadline = time.time() + 120
-    while not list(sweep_dir.glob(f"*/{METRICS_FILE}")) and time.time() < deadline:  # a trial is training
+    while not set(sweep_dir.glob(f"*/{METRICS_FILE}")) - before:
+        assert process.poll() is None and time.time() < deadline, "no trial started training"
         time.sleep(0.1)
-    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+
+
+def params_of(trials: list[optuna.trial.FrozenTrial]) -> list[tuple]:
+    return sorted({tuple(sorted(trial.params.items())) for trial in trials})
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_then_interrupted_keeps_a_consistent_study_and_reruns_every_lost_trial(tiny_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_overrides(
+        tiny_mnist, sweep_dir, "hparams_search=lr_gamma_dropout", "hydra.sweeper.study_name=test",
+        "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=3",
+    )  # fmt: skip
+    # killed outright (SIGKILL: no handler runs) while its first trial trains in the sweep's own process
+    killed = train_py(*args, "trainer.epochs=40", *IN_PROCESS, wait=False)
+    try:
+        wait_for_training(sweep_dir, killed)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert [t.number for t in load_study(sweep_dir).trials if t.state.name == "RUNNING"] == [0]
+
+    # rerun, its trials in worker processes, then Ctrl-C (it reaches the whole process group) once one trains
+    sweep = train_py(*args, "trainer.epochs=30", wait=False, start_new_session=True)
+    wait_for_training(sweep_dir, sweep, before={sweep_dir / "0" / METRICS_FILE})
+    os.killpg(sweep.pid, signal.SIGINT)
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 130 and "Traceback" not in output, output
     [said] = [line for line in output.splitlines() if line.startswith("error:")]
@@ -314,25 +335,25 @@ def test_ctrl_c_on_a_sweep_leaves_a_consistent_study_that_resumes(tiny_mnist, tm
         f"error: sweep interrupted by SIGINT: trials on record in {sweep_dir / TRIALS_FILE}; "
         "rerun the same command to continue"
     )
-
-    storage = study_url(sweep_dir)
-    stopped = optuna.load_study(study_name="test", storage=storage).trials
+    stopped = load_study(sweep_dir).trials
     assert not [t for t in stopped if t.state.name == "RUNNING"], "nothing is left RUNNING"
-    interrupted = [t for t in stopped if t.state.name == "FAIL"]
+    failed = [t for t in stopped if t.state.name == "FAIL"]
+    rows = {row["number"]: row for row in read_csv(sweep_dir / TRIALS_FILE)}
+    assert {number: row["state"] for number, row in rows.items()} == {t.number: t.state.name for t in stopped}
+    assert failed[0].number == 0 and rows[0]["reason"].startswith("interrupted: worker")  # the killed one
+    interrupted = failed[1:]
     assert interrupted and all(t.user_attrs[REASON] == "Interrupted: interrupted by SIGINT" for t in interrupted)
-    assert all(t.user_attrs[REQUEUED] for t in interrupted)
-    rows = read_trials(sweep_dir)
-    assert {(row["number"], row["state"]) for row in rows} == {(str(t.number), t.state.name) for t in stopped}
-    assert len([t for t in stopped if t.state.name == "WAITING"]) == len(interrupted)  # queued to run again
+    assert all(t.user_attrs[REQUEUED] for t in failed)
+    waiting = [t for t in stopped if t.state.name == "WAITING"]
+    assert params_of(waiting) == params_of(failed) and len(waiting) == len(params_of(failed))  # each queued once
 
     # the same study, continued; its trials one at a time in this process (no worker processes to start)
-    resumed = train_py(*args, "trainer.epochs=2", "hydra/launcher=basic", "hydra.sweeper.n_jobs=1")
+    resumed = train_py(*args, "trainer.epochs=2", *IN_PROCESS)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    trials = optuna.load_study(study_name="test", storage=storage).trials
+    trials = load_study(sweep_dir).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 3
-    for lost in interrupted:
-        assert any(t.params == lost.params for t in complete)  # interrupted parameters ran again
+    assert len(complete) == 3 and len(trials) == len(failed) + 3  # no other trial than these
+    assert set(params_of(failed)) <= set(params_of(complete))  # every lost trial's parameters ran again
 
 
 def test_a_sweep_reading_an_unset_variable_is_refused_in_one_line(tmp_path):

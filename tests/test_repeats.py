@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import statistics
@@ -44,7 +43,17 @@ from cnnsweep.sweep.study import fresh_copy, open_storage
 from cnnsweep.sweep.sweeper import check_study_seeds
 from cnnsweep.sweep.trial import Pruned, RepeatReporter
 
-from helpers import IN_PROCESS, grid_study_overrides, load_study, optuna_overrides, read_trials, summary, tool, train_py
+from helpers import (
+    IN_PROCESS,
+    cells,
+    grid_study_overrides,
+    load_study,
+    optuna_overrides,
+    read_trials,
+    summary,
+    tool,
+    train_py,
+)
 
 # ---- the pieces, in this process ----
 
@@ -214,8 +223,7 @@ def test_a_multi_objective_trial_with_repeats_has_a_spread_per_objective_after_i
 
 
 def read_repeats(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / REPEATS_FILE, newline="") as table:
-        return list(csv.DictReader(table))
+    return cells(sweep_dir / REPEATS_FILE)
 
 
 def by_trial(rows: list[dict[str, str]]) -> dict[int, list[dict[str, str]]]:

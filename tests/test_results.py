@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
-from cnnsweep.artifacts import parse_value, read_csv
+from cnnsweep.artifacts import read_csv, read_json
 from cnnsweep.sweep.confirmation import confirmed_params, read_confirmation_file
 from cnnsweep.sweep.results import pareto_rows
 
@@ -19,13 +18,12 @@ RESULTS = REPO / "results" / "recipes"
 RECIPES = sorted(path.name for path in RESULTS.iterdir() if path.is_dir() and path.name != "superseded")
 
 
-def final_epochs(recipe: str) -> list[dict[str, str]]:
+def final_epochs(recipe: str) -> list[dict[str, Any]]:
     """The last metrics.csv row of each seed's run, in seed order."""
     finals = []
     for path in sorted((RESULTS / recipe).glob("seed*.metrics.csv")):
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
+        rows = read_csv(path)
+        assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
         finals.append(rows[-1])
     return finals
 
@@ -78,11 +76,9 @@ def wall_times(recipe: str) -> list[float]:
     """Each measured run's wall seconds: its summary.json where kept, else its multirun's trials.csv."""
     summaries = sorted((RESULTS / recipe).glob("seed*.summary.json"))
     if summaries:
-        return [json.loads(path.read_text())["wall_time_s"] for path in summaries]
+        return [read_json(path)["wall_time_s"] for path in summaries]
     table, experiment = TRIAL_TABLES[recipe]
-    with (RESULTS / table).open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("experiment") == experiment]
-    return [float(row["duration_s"]) for row in rows]
+    return [row["duration_s"] for row in read_csv(RESULTS / table) if row.get("experiment") == experiment]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -96,12 +92,11 @@ def test_readmes_wall_time_is_the_mean_of_the_measured_runs(recipe):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_the_shipped_recipe_runs_as_long_as_the_measured_one(recipe):
     cfg = compose_train(label_and_overrides(recipe)[1])
-    assert {int(row["epoch"]) for row in final_epochs(recipe)} == {cfg.trainer.epochs}
+    assert {row["epoch"] for row in final_epochs(recipe)} == {cfg.trainer.epochs}
 
 
 def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
-    with (REPO / "results" / "sweeps" / "pareto.trials.csv").open(newline="") as handle:
-        rows = [{k: parse_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    rows = read_csv(REPO / "results" / "sweeps" / "pareto.trials.csv")
     front = pareto_rows(rows, ["val_acc", "n_params"], ["maximize", "minimize"])
     text = (REPO / "README.md").read_text()
     table = text[text.index("### A measured front") : text.index("![Pareto front")]
@@ -125,7 +120,7 @@ MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs of do
 
 
 def stored(machine: str, name: str) -> dict:
-    return json.loads((BENCH / machine / name).read_text())
+    return read_json(BENCH / machine / name)
 
 
 PERFORMANCE = REPO / "docs" / "performance.md"  # where README's speed figures live (README links it)
@@ -146,7 +141,7 @@ def test_every_stored_figure_names_its_machine():
     from cnnsweep.train.machine import machine_label
 
     for path in sorted(BENCH.glob("*/*.json")):
-        report = json.loads(path.read_text())
+        report = read_json(path)
         assert path.parent.name in MACHINES, path
         facts = report["machine"]
         assert {"cpu", "cpu_cores", "cpu_capability", "cpu_native_bf16", "gpu"} <= set(facts), path
@@ -178,25 +173,18 @@ def test_the_time_to_99_4_tables_are_the_stored_measurements():
 
     text = performance_text()
     for kind in ("runs_warm", "runs_cold"):
-        reports = [
-            json.loads(path.read_text())
-            for machine in MACHINES
-            for path in sorted((BENCH / machine).glob(f"{kind}*.json"))
-        ]
+        reports = [read_json(path) for machine in MACHINES for path in sorted((BENCH / machine).glob(f"{kind}*.json"))]
         assert " ".join(runs_table([row for report in reports for row in report["rows"]]).split()) in text, kind
         for report in reports:
             assert as_run_today(report["command"]) in text, kind
     minute = next(row for row in stored("xeon_amx", "runs_warm.json")["rows"] if row["recipe"] == "minute")
     assert minute["test_acc_mean"] >= 99.40 and minute["wall_s_max"] <= 60  # what docs/performance.md says of it there
     superseded = RESULTS / "superseded" / "minute_5epochs"  # the recipe these tables measured, before the 3-epoch one
-    kept = [json.loads((superseded / f"seed{run['seed']}.summary.json").read_text()) for run in minute["runs"]]
+    kept = [read_json(superseded / f"seed{run['seed']}.summary.json") for run in minute["runs"]]
     assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in minute["runs"]]
     for name, folder in (("runs_warm.json", "minute"), ("runs_warm_3epochs.json", "minute_3epochs")):
         (row,) = stored("epyc_avx2", name)["rows"]
-        kept = [
-            json.loads((BENCH / "epyc_avx2" / folder / f"seed{run['seed']}.summary.json").read_text())
-            for run in row["runs"]
-        ]
+        kept = [read_json(BENCH / "epyc_avx2" / folder / f"seed{run['seed']}.summary.json") for run in row["runs"]]
         assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in row["runs"]]
         assert {summary["precision"]["precision"] for summary in kept} == {"fp32"}  # auto, on AVX2
         assert [summary["epochs_run"] for summary in kept] == [5 if folder == "minute" else 3] * 3

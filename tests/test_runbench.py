@@ -4,16 +4,16 @@ import json
 
 import pytest
 
+from cnnsweep.artifacts import read_json
 from cnnsweep.tools.runbench import runs_table
 from cnnsweep.train.machine import machine_facts, machine_label
 
-from helpers import tool
+from helpers import IN_PROCESS, tiny_overrides, tool
 
 
 def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
-    overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1"]
     keep = ["--seeds", "0,1", "--keep", tmp_path, "--json"]
-    result = tool("runbench", "runs", *overrides, "--recipe", "narrow=model=tiny", *keep)
+    result = tool("runbench", "runs", *tiny_overrides(tiny_mnist), "--recipe", "narrow=model=tiny", *keep)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["command"].startswith("cnnsweep runbench runs data.root=")
@@ -21,7 +21,7 @@ def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
     assert (row["recipe"], row["overrides"][-1]) == ("narrow", "model=tiny")
     assert [run["seed"] for run in row["runs"]] == [0, 1] and all(run["epochs"] == 1 for run in row["runs"])
     assert row["wall_s_mean"] == pytest.approx(sum(run["wall_s"] for run in row["runs"]) / 2)
-    kept = [json.loads((tmp_path / "narrow" / f"seed{n}.summary.json").read_text()) for n in (0, 1)]
+    kept = [read_json(tmp_path / "narrow" / f"seed{n}.summary.json") for n in (0, 1)]
     assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in row["runs"]]
     assert 100 * sum(run["test_acc"] for run in row["runs"]) / 2 == pytest.approx(row["test_acc_mean"])
     assert [summary["n_params"] for summary in kept] == [7_834, 7_834]  # the recipe's own network
@@ -33,9 +33,9 @@ def test_runbench_times_whole_runs_and_keeps_their_files(tiny_mnist, tmp_path):
 
 @pytest.mark.slow
 def test_runbench_counts_a_sweeps_trials_and_epochs_per_hour(tiny_mnist):
-    overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.epochs=1",
-                 "hparams_search=lr_gamma_dropout", "data.val_size=100", "hydra.sweeper.n_trials=2",
-                 "hydra/launcher=basic", "hydra.sweeper.n_jobs=1"]  # fmt: skip
+    overrides = tiny_overrides(
+        tiny_mnist, "hparams_search=lr_gamma_dropout", "data.val_size=100", "hydra.sweeper.n_trials=2", *IN_PROCESS
+    )
     result = tool("runbench", "sweep", *overrides, "--variant", "eager=trainer.compile=false", "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["rows"]

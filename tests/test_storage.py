@@ -1,12 +1,10 @@
 """The storage URL as cnnsweep shows it, a worker giving up on a database that never answers, journal files,
-stale heartbeats, and studies of an older Optuna."""
+and stale heartbeats (a study of an older Optuna refused: test_sweep.py)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -54,22 +52,6 @@ def test_a_database_that_never_answers_is_given_up_in_one_line_naming_it_without
     assert len(waits) == 2  # waited 1 s, then the 1 s left of the 2
     assert all("unreachable" in wait and "retrying in 1 s" in wait for wait in waits)
     assert not any("s3cret" in wait or "\n" in wait for wait in waits)
-
-
-OLD_DATABASE = Path(__file__).parent / "data" / "optuna210.db"  # a study of two trials written by optuna 2.10.1
-
-
-def test_a_database_of_optuna_2_10_is_refused_in_one_line_naming_the_one_way_upgrade(tmp_path):
-    copy = tmp_path / STUDY_DB
-    shutil.copy(OLD_DATABASE, copy)
-    with pytest.raises(UserError) as refused:
-        open_storage(f"sqlite:///{copy}")
-    assert str(refused.value) == (
-        f"study storage sqlite:///{copy} was written by optuna 2.10.1: run `optuna storage upgrade --storage "
-        f"sqlite:///{copy}` once to use it with optuna {optuna.__version__} (one way: the older Optuna cannot "
-        "read it afterwards; copy the file first to keep both)"
-    )
-    assert copy.read_bytes() == OLD_DATABASE.read_bytes()  # refused before anything was written to it
 
 
 @pytest.mark.parametrize(

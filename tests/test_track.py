@@ -1,9 +1,9 @@
-"""Experiment trackers (cnnsweep.track): what TensorBoard's own reader and MLflow's own client read back
-after a run, a resumed run and a sweep; a tracker that cannot be reached; the logger config group."""
+"""Experiment trackers (cnnsweep.track), each logger driven by hand: what TensorBoard's own reader and MLflow's
+own client read back; a tracker that cannot be reached; the logger config group. Real runs, a killed run resumed
+and sweeps with trackers are in test_track_runs.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,11 +12,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from cnnsweep.artifacts import RunFolder, write_json
+from cnnsweep.files import BEST_CHECKPOINT
 from cnnsweep.track import (
     Logger,
     Loggers,
     MLflowLogger,
-    MLflowSweepTracker,
     RunInfo,
     SweepInfo,
     TensorBoardLogger,
@@ -24,7 +25,7 @@ from cnnsweep.track import (
     flatten,
     mask_password,
 )
-from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE
+from cnnsweep.track.mlflow import RUN_ID_FILE, read_id
 
 from helpers import REPO
 
@@ -48,10 +49,11 @@ def epoch_metrics(epoch: int) -> dict[str, float]:
 
 def write_run_files(run_dir: Path) -> None:
     """What a finished run leaves in its folder, as far as the trackers upload it."""
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
-    (run_dir / "metrics.csv").write_text("epoch,val_acc\n1,0.81\n")
-    (run_dir / "checkpoints" / "best.pt").write_bytes(b"checkpoint")
+    folder = RunFolder(run_dir)
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(folder.summary, SUMMARY)
+    folder.write_metrics([{"epoch": 1, "val_acc": 0.81}])
+    folder.checkpoint(BEST_CHECKPOINT).write_bytes(b"checkpoint")
 
 
 def run_info(run_dir: Path, resumed: bool = False, sweep: SweepInfo | None = None) -> RunInfo:
@@ -211,7 +213,7 @@ def test_mlflow_records_params_metrics_artifacts_and_status(tmp_path, tracking_u
         logger.log_epoch(epoch, epoch_metrics(epoch))
     logger.end("completed", SUMMARY)
 
-    run = client.get_run(json.loads((tmp_path / RUN_ID_FILE).read_text())["run_id"])
+    run = client.get_run(read_id(tmp_path / RUN_ID_FILE))
     assert run.info.status == "FINISHED" and run.data.tags["cnnsweep.status"] == "completed"
     params = run.data.params
     assert params["optimizer.lr"] == "0.05" and params["trainer.milestones"] == "[2, 3]"
@@ -221,67 +223,6 @@ def test_mlflow_records_params_metrics_artifacts_and_status(tmp_path, tracking_u
     assert run.data.metrics["summary.objective.val_acc"] == 0.9 and run.data.metrics["summary.wall_time_s"] == 12.5
     uploaded = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert uploaded == {"summary.json", "metrics.csv", "best.pt"}
-
-
-def test_a_resumed_mlflow_run_continues_the_same_run_with_each_epoch_once(tmp_path, tracking_uri, client):
-    first = MLflowLogger(tracking_uri=tracking_uri, experiment="resume", log_checkpoint=True)
-    first.start(run_info(tmp_path))
-    for epoch in (1, 2):
-        first.log_epoch(epoch, epoch_metrics(epoch))
-    # killed here: no end(); the run is still RUNNING in MLflow
-    again = MLflowLogger(tracking_uri=tracking_uri, experiment="resume", log_checkpoint=True)
-    again.start(run_info(tmp_path, resumed=True))
-    for epoch in (1, 2, 3):  # restored epochs replayed (skipped: already held), then the new one
-        again.log_epoch(epoch, epoch_metrics(epoch))
-    again.end("completed", SUMMARY)
-
-    assert again.run_id == first.run_id
-    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2, 3]
-    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
-    assert [(r.info.run_id, r.info.status) for r in runs] == [(first.run_id, "FINISHED")]
-
-
-def make_sweep(sweep_dir: Path, tracking_uri: str, experiment: str) -> MLflowSweepTracker:
-    """A 4-trial sweep: 0 and 1 ran to the end, 2 never ran (over budget: PRUNED), 3 failed in its job."""
-    tracker = MLflowSweepTracker(tracking_uri=tracking_uri, experiment=experiment)
-    tracker.start(sweep_dir, "lr", ["maximize"], ["val_acc"])
-    ran = {0: ({"optimizer.lr": 0.05}, 0.9, "completed"), 1: ({"optimizer.lr": 0.2}, 0.95, "completed"),
-           3: ({"optimizer.lr": 9.0}, None, "failed")}  # fmt: skip
-    for number, (params, value, status) in ran.items():
-        job = MLflowLogger(
-            tracking_uri=tracking_uri, experiment="ignored: a child goes to its parent's", log_checkpoint=True
-        )
-        job.start(run_info(sweep_dir / str(number), sweep=SweepInfo(sweep_dir, "lr", number, params)))
-        for epoch in (1, 2):
-            job.log_epoch(epoch, epoch_metrics(epoch) | {"val_acc": (value or 0.1) - (2 - epoch) / 10})
-        job.end(status, SUMMARY | {"objectives": {"val_acc": value}, "status": status})
-        state = "COMPLETE" if value is not None else "FAIL"
-        tracker.trial_ended(number, state, params, [value] if value is not None else None, sweep_dir / str(number))
-    tracker.trial_ended(2, "PRUNED", {"optimizer.lr": 0.01, "model.width": 512}, None, sweep_dir / "2")
-    tracker.end([{"number": 1, "values": [0.95], "params": {"optimizer.lr": 0.2}}])
-    return tracker
-
-
-def test_a_sweep_is_a_parent_run_with_a_child_per_trial_and_its_best(tmp_path, tracking_uri, client):
-    tracker = make_sweep(tmp_path / "lr", tracking_uri, "sweep")
-    parent = client.get_run(tracker.parent_id)
-    assert json.loads((tmp_path / "lr" / PARENT_FILE).read_text())["run_id"] == tracker.parent_id
-    experiment = client.get_experiment_by_name("sweep").experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.parent_id}'")
-    found = {int(r.data.tags["cnnsweep.trial"]): (r.data.tags["cnnsweep.state"], r.info.status) for r in children}
-    assert found == {0: ("COMPLETE", "FINISHED"), 1: ("COMPLETE", "FINISHED"), 2: ("PRUNED", "KILLED"),
-                     3: ("FAIL", "FAILED")}  # fmt: skip
-    never_ran = next(r for r in children if r.data.tags["cnnsweep.trial"] == "2")
-    assert never_ran.data.params == {"optimizer.lr": "0.01", "model.width": "512"}
-    best = next(r for r in children if r.data.tags["cnnsweep.trial"] == "1")
-    assert best.data.metrics["objective.val_acc"] == 0.95 and best.data.params["optimizer.lr"] == "0.2"
-    assert parent.info.status == "FINISHED" and parent.data.params["objective.0"] == "val_acc (maximize)"
-    assert parent.data.metrics["best.trial"] == 1 and parent.data.metrics["best.val_acc"] == 0.95
-    assert parent.data.tags["best.optimizer.lr"] == "0.2"
-    front = json.loads(
-        Path(client.download_artifacts(tracker.parent_id, "best_trials.json", str(tmp_path))).read_text()
-    )
-    assert front == {"best_trials": [{"number": 1, "values": {"val_acc": 0.95}, "params": {"optimizer.lr": 0.2}}]}
 
 
 # ---------------------------------------------------------------- trackers that fail

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from cnnsweep.files import METRICS_FILE
-from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG
+from cnnsweep.artifacts import RunFolder, read_csv, read_json
+from cnnsweep.files import METRICS_FILE, TRIALS_FILE
+from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG, read_id
 
-from helpers import REPO, metrics, read_trials, readme_files, tiny_overrides, train_py, wait_for_rows, write_files
+from helpers import (
+    REPO,
+    grid_study_overrides,
+    readme_files,
+    summary,
+    tiny_overrides,
+    train_py,
+    wait_for_rows,
+    write_files,
+)
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -26,10 +36,6 @@ def client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
-
-
-def steps(uri: str, run_id: str, key: str) -> list[int]:
-    return [metric.step for metric in client(uri).get_metric_history(run_id, key)]
 
 
 def scalars(event_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -52,10 +58,10 @@ def test_a_run_writes_its_epochs_to_tensorboard_mlflow_and_readmes_own_logger(ti
         f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = metrics(run_dir)
-    expected = [(int(row["epoch"]), pytest.approx(float(row["val_acc"]))) for row in rows]
+    rows = RunFolder(run_dir).read_metrics()
+    expected = [(row["epoch"], pytest.approx(row["val_acc"])) for row in rows]
     assert len(expected) == 2 and scalars(run_dir / "tensorboard", "val/acc") == expected
-    run_id = (run_dir / RUN_ID_FILE).read_text().split('"run_id": "')[1].split('"')[0]
+    run_id = read_id(run_dir / RUN_ID_FILE)
     run = client(uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["cnnsweep.status"] == "completed"
     assert run.data.params["optimizer.lr"] == "0.07" and run.data.params["trainer.epochs"] == "2"
@@ -63,7 +69,7 @@ def test_a_run_writes_its_epochs_to_tensorboard_mlflow_and_readmes_own_logger(ti
     assert [(m.step, m.value) for m in history] == expected
     assert {a.path for a in client(uri).list_artifacts(run_id)} == {"summary.json", METRICS_FILE, "best.pt"}
     printed = result.stdout.splitlines()  # README's PrintLogger
-    n_params = json.loads((run_dir / "summary.json").read_text())["n_params"]
+    n_params = summary(run_dir)["n_params"]
     assert f"{run_dir.parent.name}/{run_dir.name}: {n_params:,} parameters" in printed
     assert [line for line in printed if line[:2] in ("1 ", "2 ")] == [
         f"{row['epoch']} {row['test_acc']}" for row in rows
@@ -81,27 +87,31 @@ def test_a_killed_run_resumed_continues_its_mlflow_run_with_each_epoch_once(tiny
     finally:
         process.send_signal(signal.SIGKILL)  # no goodbye: the MLflow run is left RUNNING
         process.wait(timeout=60)
-    first_id = (run_dir / RUN_ID_FILE).read_text()
-    result = train_py(f"resume={run_dir}")
+    run_id = read_id(run_dir / RUN_ID_FILE)
+    result = train_py(f"resume={run_dir}")  # replays the restored epoch to MLflow, which skips it: held already
     assert result.returncode == 0, result.stderr
-    assert (run_dir / RUN_ID_FILE).read_text() == first_id  # the same MLflow run
-    run_id = first_id.split('"run_id": "')[1].split('"')[0]
+    assert read_id(run_dir / RUN_ID_FILE) == run_id  # the same MLflow run
     runs = client(uri).search_runs([client(uri).get_experiment_by_name("cnnsweep").experiment_id])
-    assert [run.info.run_id for run in runs] == [run_id] and runs[0].info.status == "FINISHED"
-    assert steps(uri, run_id, "val_acc") == [1, 2, 3] == [int(row["epoch"]) for row in metrics(run_dir)]
-    recorded = {m.step: m.value for m in client(uri).get_metric_history(run_id, "val_acc")}
-    assert recorded == {int(row["epoch"]): pytest.approx(float(row["val_acc"])) for row in metrics(run_dir)}
+    assert [(run.info.run_id, run.info.status) for run in runs] == [(run_id, "FINISHED")]
+    rows = RunFolder(run_dir).read_metrics()
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    for key in ("val_acc", "train_loss"):  # each epoch once, with the value metrics.csv holds
+        recorded = [(m.step, m.value) for m in client(uri).get_metric_history(run_id, key)]
+        assert recorded == [(row["epoch"], pytest.approx(row[key])) for row in rows], key
+
+
+SWEPT = ("model.widths.6", "optimizer.lr")  # the tracked sweep's grid
 
 
 @pytest.fixture(scope="module")
 def tracked_sweep(tiny_mnist, tmp_path_factory) -> tuple[Path, str]:
-    """A finished sweep logged to both trackers: a grid of two widths (one over budget) and two learning rates."""
+    """A finished sweep logged to both trackers: a grid of two widths (one over budget) and three learning rates
+    (one diverges: its trial fails in its job)."""
     folder = tmp_path_factory.mktemp("tracked")
     sweep_dir, uri = folder / "sweep", store(folder)
     result = train_py(
-        "--multirun", *tiny_overrides(tiny_mnist, "data.val_size=100", "trainer.compile=false"),
-        "hydra/sweeper=cnnsweep", "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=tracked",
-        "model.widths.6=choice(16,400)", "optimizer.lr=choice(0.05,0.2)", f"hydra.sweep.dir={sweep_dir}",
+        *grid_study_overrides(tiny_mnist, sweep_dir, "trainer.compile=false", "model.widths.6=choice(16,400)",
+                              "optimizer.lr=choice(0.05,0.2,1e9)"),
         "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -109,30 +119,43 @@ def tracked_sweep(tiny_mnist, tmp_path_factory) -> tuple[Path, str]:
 
 
 @pytest.mark.slow  # a tracked sweep (shared with the browser test)
-def test_a_sweep_is_a_parent_run_with_a_child_per_trial_over_budget_ones_too(tracked_sweep):
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_and_its_best(tracked_sweep, tmp_path):
     sweep_dir, uri = tracked_sweep
-    trials = {int(row["number"]): row for row in read_trials(sweep_dir)}
-    assert sorted(row["state"] for row in trials.values()) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    trials = {row["number"]: row for row in read_csv(sweep_dir / TRIALS_FILE)}
+    assert sorted(row["state"] for row in trials.values()) == ["COMPLETE"] * 2 + ["FAIL"] + ["PRUNED"] * 3
     mlflow_client = client(uri)
-    parent_id = (sweep_dir / PARENT_FILE).read_text().split('"run_id": "')[1].split('"')[0]
+    parent_id = read_id(sweep_dir / PARENT_FILE)
     runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("cnnsweep").experiment_id])
     children = {int(run.data.tags[TRIAL_TAG]): run for run in runs if run.info.run_id != parent_id}
-    assert len(runs) == 5 and set(children) == set(trials)
+    assert len(runs) == 7 and set(children) == set(trials)
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna's state -> MLflow's status
     for number, row in trials.items():
-        child = children[number]
+        child, swept = children[number], {key: str(row[key]) for key in SWEPT}
         assert child.data.tags["mlflow.parentRunId"] == parent_id and child.data.tags[STATE_TAG] == row["state"]
-        assert child.data.params["optimizer.lr"] == row["optimizer.lr"]
-        if row["state"] == "COMPLETE":  # its job's own run: the epochs, and the value the study holds
-            assert child.data.metrics["val_acc"] == pytest.approx(float(row["value"]))
-            assert scalars(sweep_dir / str(number) / "tensorboard", "objective/val_acc")[0][1] == pytest.approx(
-                float(row["value"])
-            )
-        else:  # over budget: never ran, no folder, a child run all the same
-            assert not (sweep_dir / str(number)).exists() and child.info.status == "KILLED"
-    best = max((row for row in trials.values() if row["state"] == "COMPLETE"), key=lambda row: float(row["value"]))
+        assert child.info.status == status[row["state"]]
+        if row["state"] != "PRUNED":  # its job's own run, holding the job's whole config (lists kept whole)
+            assert child.data.params["optimizer.lr"] == swept["optimizer.lr"]
+        if row["state"] == "COMPLETE":  # the epochs, and the value the study holds
+            value = pytest.approx(row["value"])
+            assert child.data.metrics["val_acc"] == value and child.data.metrics["objective.val_acc"] == value
+            assert scalars(sweep_dir / str(number) / "tensorboard", "objective/val_acc")[0][1] == value
+        elif row["state"] == "FAIL":  # diverged in its job: its run, ended as failed, and no value
+            assert row["optimizer.lr"] == 1e9 and row["value"] is None and "objective.val_acc" not in child.data.metrics
+        else:  # over budget: never ran, no folder, a child run all the same, holding the trial's parameters
+            assert not (sweep_dir / str(number)).exists() and child.data.params == swept
+    best = max((row for row in trials.values() if row["state"] == "COMPLETE"), key=lambda row: row["value"])
     parent = mlflow_client.get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["best.trial"] == int(best["number"])
-    assert parent.data.metrics["best.val_acc"] == pytest.approx(float(best["value"]))
+    assert parent.info.status == "FINISHED" and parent.data.params["objective.0"] == "val_acc (maximize)"
+    assert parent.data.metrics["best.trial"] == best["number"]
+    assert parent.data.metrics["best.val_acc"] == pytest.approx(best["value"])
+    assert {key: parent.data.tags[f"best.{key}"] for key in SWEPT} == {key: str(best[key]) for key in SWEPT}
+    front = read_json(Path(mlflow_client.download_artifacts(parent_id, "best_trials.json", str(tmp_path))))
+    assert front == {
+        "best_trials": [
+            {"number": best["number"], "values": {"val_acc": pytest.approx(best["value"])},
+             "params": {key: best[key] for key in SWEPT}}
+        ]
+    }  # fmt: skip
 
 
 def test_the_bench_times_each_tracker_against_an_epoch(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ import signal
 import pytest
 import torch
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import SUMMARY_FILE
+from cnnsweep.records import RunStatus
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 from cnnsweep.train import compiling
 from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key

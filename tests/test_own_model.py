@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.records import RunStatus
 
 from helpers import read_trials, readme_files, summary, tiny_overrides, tool, train_py, write_files
 

@@ -27,6 +27,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cnnsweep.errors import UserError
+from cnnsweep.records import RUN_DIR
 from cnnsweep.sweep.attrs import REASON, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.noise import SEED_KEY as SEED
 from cnnsweep.sweep.outcomes import Outcome
@@ -61,7 +62,7 @@ def check_repeats(repeats: int, swept: Sequence[str]) -> None:
 
 def repeat_record(seed: int, outcome: Outcome, curve: list[float] | None) -> dict[str, Any]:
     """What trial attr `repeat_<r>` holds for a repeat that ended (JSON: a storage keeps it as such)."""
-    facts = {k: outcome.attrs.get(k) for k in ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir")}
+    facts = {k: outcome.attrs.get(k) for k in ("n_params", "epochs_run", "duration_s", "test_acc", RUN_DIR)}
     return {
         SEED: seed,
         "state": outcome.state.name,

@@ -25,10 +25,11 @@ from typing import Any
 import optuna
 import yaml
 
-from cnnsweep.artifacts import RunFolder, RunStatus, parse_value, read_csv
+from cnnsweep.artifacts import parse_value, read_csv
 from cnnsweep.errors import UserError
 from cnnsweep.files import BEST_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
+from cnnsweep.records import RunFolder, RunStatus
 from cnnsweep.sweep.confirmation import read_confirmation
 from cnnsweep.sweep.results import (
     REPEATS,

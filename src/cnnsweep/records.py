@@ -31,6 +31,7 @@ from cnnsweep.files import (
 if TYPE_CHECKING:
     import torch
 
+BEST_FACTS = ("best_checkpoint_epoch", "best_checkpoint_value")  # Summary's fields that a checkpoint keeps as `best`
 RUN_DIR = "run_dir"  # a trial's run folder, as its user attrs, trials.csv, repeats.csv and confirmed.json name it
 
 
@@ -91,18 +92,13 @@ class Summary:
 
     @property
     def best(self) -> dict[str, Any]:
-        """The best epoch so far and its value, as a checkpoint keeps them (Checkpoint.best)."""
-        return {
-            "best_checkpoint_epoch": self.best_checkpoint_epoch,
-            "best_checkpoint_value": self.best_checkpoint_value,
-        }
+        """The best epoch so far by the checkpoint metric and its value: what a checkpoint keeps as `best`."""
+        return {name: getattr(self, name) for name in BEST_FACTS}
 
     @best.setter
     def best(self, best: dict[str, Any]) -> None:
-        self.best_checkpoint_epoch, self.best_checkpoint_value = (
-            best["best_checkpoint_epoch"],
-            best["best_checkpoint_value"],
-        )
+        for name in BEST_FACTS:
+            setattr(self, name, best[name])
 
     def to_json(self) -> dict[str, Any]:
         written: dict[str, Any] = {}

@@ -105,7 +105,9 @@ def train(
         began = restore(folder, parts, scheduler, generator) if resume else None
         history: list[EpochRecord] = [] if began is None else list(began.history)
         if began is not None:
-            summary.best, summary.resumed_after_epoch, clock.earlier_s = began.best, began.epoch, began.wall_time_s
+            summary.best = began.best
+            summary.resumed_after_epoch = began.epoch
+            clock.earlier_s = began.wall_time_s
             record_epochs(summary, history, objectives)
         first_epoch = len(history) + 1  # of this invocation
         config = OmegaConf.to_container(cfg, resolve=True)  # interpolations resolved: checkpoints and trackers keep it
@@ -114,7 +116,10 @@ def train(
         # Speed: precision first (the compiled graphs depend on it), then compiling; a resumed run keeps both
         summary.precision = choose_precision(trainer, began)
         trainer.precision = summary.precision["precision"]  # before any step, graph or evaluation uses it
-        forward, summary.compile, warm_graphs = choose_compiling(trainer, model, splits.train, data.batch_size, began)
+        epochs_left = trainer.epochs - len(history)
+        forward, summary.compile, warm_graphs = choose_compiling(
+            trainer, model, splits.train, data.batch_size, epochs_left, began
+        )
         prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
         step = trainer.train_step(model, forward, optimizer, scheduler, prepare_train, data.batch_size, parts.ema)
         check_every = 1 if trainer.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
@@ -277,13 +282,18 @@ def choose_precision(trainer: Trainer, began: Checkpoint | None) -> dict[str, st
 
 
 def choose_compiling(
-    trainer: Trainer, model: torch.nn.Module, train: Split, batch_size: int, began: Checkpoint | None
+    trainer: Trainer,
+    model: torch.nn.Module,
+    train: Split,
+    batch_size: int,
+    epochs_left: int,
+    began: Checkpoint | None,
 ) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
-    """The module training steps call; whether it is compiled and why, as summary.json records it; and the
-    compiled graphs' cache key (None: eager). A resumed run trains as it began."""
+    """The module training steps call for `epochs_left` more epochs in batches of `batch_size`; whether it is
+    compiled and why, as summary.json records it; and the compiled graphs' cache key (None: eager). A resumed
+    run trains as it began."""
     kept = None if began is None else began.compile  # older checkpoints have none: the config decides
     setting = trainer.compile if kept is None else kept["compiled"]
-    epochs_left = trainer.epochs - (0 if began is None else len(began.history))
     forward, choice = trainer.compiled(model, train, batch_size, epochs_left, setting)
     reason = choice.reason if kept is None else as_before(kept["reason"])
     log.info(f"compile: {'on' if choice.compile else 'off'} ({reason})")

@@ -209,7 +209,8 @@ class Trainer:
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
     first steps): true, false, or 'auto' (cnnsweep.train.compiling.choose: when the run is long enough
     to pay the warm-up back). precision: autocast dtype of forward passes (fp32: none; fp16 also
-    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.train.machine).
+    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.train.machine); a
+    resumed run sets `self.precision` to its checkpoint's before any step uses it (run.choose_precision).
     threads: torch's intra-op CPU threads (null: torch's default). The memory-layout defaults are in
     device_defaults(). label_smoothing: of the training loss. ema_decay: evaluate an exponential
     moving average of the weights (and BatchNorm statistics) instead of the weights themselves (None: off).

@@ -51,3 +51,32 @@ def test_bench_refuses_the_classic_pipeline_on_data_it_cannot_read():
 def test_the_private_dynamo_setting_the_bench_raises_still_exists():
     # bench.main raises it so that many compiled variants in one process all stay compiled
     assert isinstance(torch._dynamo.config.recompile_limit, int)
+
+
+def test_bench_times_the_runs_own_step_with_the_configured_trainer(tiny_mnist, monkeypatch):
+    # The cnnsweep variant must step through Trainer.train_step with the parts a run builds: here the
+    # configured label smoothing and weight average, which a hand-wired step could leave out.
+    from cnnsweep.tools.bench import cnnsweep_variant
+    from cnnsweep.train.loop import Trainer
+
+    steps, averages, trainers = [], [], []
+    run_step, run_average = Trainer.train_step, Trainer.averaged
+
+    def spied_step(self, *args, **kwargs):
+        trainers.append(self)
+        step = run_step(self, *args, **kwargs)
+        return lambda batch: steps.append(len(batch.labels)) or step(batch)
+
+    def spied_average(self, model):
+        averages.append(run_average(self, model))
+        return averages[-1]
+
+    monkeypatch.setattr(Trainer, "train_step", spied_step)
+    monkeypatch.setattr(Trainer, "averaged", spied_average)
+    overrides = [f"data.root={tiny_mnist}", "data.download=false", "trainer.device=cpu", "trainer.ema_decay=0.9",
+                 "trainer.label_smoothing=0.1", "data.batch_size=64"]  # fmt: skip
+    variant = cnnsweep_variant("cnnsweep", overrides)
+    assert variant.train(3) == 3 * 64 and steps == [64, 64, 64]
+    [trainer], [average] = trainers, averages
+    assert trainer.label_smoothing == 0.1 and int(average.n_averaged) == 3  # every timed step updated it
+    assert variant.evaluate(1) == 200  # the test split of tiny_mnist, in one evaluation batch

@@ -31,6 +31,7 @@ from cnnsweep.sweep.confirmation import (
     WORSE,
     Candidate,
     SeedRun,
+    confirmed_params,
     pick_candidates,
     rank_confirmed,
     read_confirmation,
@@ -140,7 +141,12 @@ def test_confirmation_csv_round_trips_and_the_yaml_gets_the_winner(tmp_path):
     assert first["diff_mean"] is None and first["search_value"] == 0.993
     assert rows[1]["diff_mean"] == pytest.approx(-0.0005) and rows[1]["diff_low"] < 0 < rows[1]["diff_high"]
     assert rows[1]["test_acc_mean"] == pytest.approx(0.9905)
+    assert first["run_seconds"] is None  # a run's wall time not known
+    assert confirmed_params(first) == {"optimizer.lr": 0.2}  # every other column is a figure
     assert read_confirmation(tmp_path / "nowhere") == []
+    timed = [SeedRun(2, 3, 0.99, 0.99, 61.25), SeedRun(2, 4, 0.99, 0.99, 58.5)]
+    write_confirmation(tmp_path, rank_confirmed(candidates[1:], timed, MAXIMIZE), "val_acc")
+    assert read_confirmation(tmp_path)[0]["run_seconds"] == pytest.approx(119.8)  # summed, to 0.1 s
 
     (tmp_path / BEST_FILE).write_text(yaml.safe_dump({"best_trial": 7, "best_value": 0.995}))
     overrides = ["optimizer.lr=0.2", "seed=3"]
@@ -210,6 +216,8 @@ def test_a_sweep_confirms_its_best_on_fresh_seeds_as_its_last_stage(tiny_mnist, 
         )
         tested = mean_interval([test_acc[number, seed] for seed in fresh])
         assert (row["test_acc_mean"], row["test_acc_low"]) == pytest.approx((tested.mean, tested.low))
+        seconds = sum(round(summary(runs[number, seed])["wall_time_s"], 1) for seed in fresh)
+        assert row["run_seconds"] == pytest.approx(seconds, abs=0.15)
         search_row = next(r for r in trials if int(r["number"]) == number)
         assert row["search_value"] == pytest.approx(float(search_row["value"]))
     difference = paired_difference(
@@ -441,6 +449,8 @@ def test_the_stage_queues_each_configuration_and_seed_once_and_reruns_only_what_
     assert again.prepare() == 4  # nothing finished yet; the interrupted run was queued again, not twice
     again.lane()
     assert again.policy.errors == [] and len(launcher.launched) == 5
+    # seed by seed: a confirmation stopped midway has every configuration on the same seeds
+    assert launcher.launched[1][1][-1] == "hydra.sweep.subdir=confirm/2/11"
     ran = sorted(o[-1] for _, o in launcher.launched[1:])
     assert ran == [f"hydra.sweep.subdir=confirm/{t}/{s}" for t in (1, 2) for s in (11, 12)]
     confirmed = again.write_results()

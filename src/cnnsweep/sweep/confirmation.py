@@ -53,6 +53,7 @@ class SeedRun:
     seed: int
     value: float
     test_acc: float | None = None
+    seconds: float | None = None  # the run's wall time
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Confirmed:
     difference: Interval | None  # this minus the best, paired over the seeds both ran; None for the best
     verdict: str
     seeds: tuple[int, ...]
+    seconds: float | None = None  # its runs' wall time, summed (None if a run's is not known)
 
 
 def pick_candidates(
@@ -92,6 +94,7 @@ def rank_confirmed(candidates: Sequence[Candidate], runs: Sequence[SeedRun], dir
     for rank, (candidate, seeds) in enumerate(measured, start=1):
         values = {seed: run.value for seed, run in seeds.items()}
         test = [run.test_acc for run in seeds.values() if run.test_acc is not None]
+        times = [run.seconds for run in seeds.values()]
         if rank == 1:
             best_values, difference, verdict = values, None, BEST
         else:
@@ -106,6 +109,7 @@ def rank_confirmed(candidates: Sequence[Candidate], runs: Sequence[SeedRun], dir
                 difference=difference,
                 verdict=verdict,
                 seeds=tuple(sorted(seeds)),
+                seconds=None if None in times else sum(times),
             )
         )
     return confirmed
@@ -139,6 +143,7 @@ def confirmation_rows(confirmed: Sequence[Confirmed], objective: str) -> list[di
             **figures("test_acc", item.test_acc, with_sd=True),
             "search_value": item.candidate.search_value,
             "seeds": " ".join(str(seed) for seed in item.seeds),
+            "run_seconds": None if item.seconds is None else round(item.seconds, 1),
         }
         rows.append(row | item.candidate.params)
     return rows
@@ -146,8 +151,23 @@ def confirmation_rows(confirmed: Sequence[Confirmed], objective: str) -> list[di
 
 def figures(prefix: str, interval: Interval | None, with_sd: bool) -> dict[str, float | None]:
     """An interval as columns (empty where there is none, or no spread to measure: NaN)."""
-    names = ("mean", "sd", "low", "high") if with_sd else ("mean", "low", "high")
-    return {f"{prefix}_{name}": plain(getattr(interval, name)) if interval else None for name in names}
+    return {f"{prefix}_{name}": plain(getattr(interval, name)) if interval else None for name in stats(with_sd)}
+
+
+def stats(with_sd: bool) -> tuple[str, ...]:
+    return ("mean", "sd", "low", "high") if with_sd else ("mean", "low", "high")
+
+
+COLUMNS = (  # confirmation.csv's columns before the configuration's params
+    "rank", "trial", "objective", "verdict", "n_seeds",
+    *(f"value_{name}" for name in stats(True)), *(f"diff_{name}" for name in stats(False)),
+    *(f"test_acc_{name}" for name in stats(True)), "search_value", "seeds", "run_seconds",
+)  # fmt: skip
+
+
+def confirmed_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a confirmation.csv row confirmed: its params."""
+    return {key: value for key, value in row.items() if key not in COLUMNS}
 
 
 def plain(value: float) -> float | None:
@@ -161,8 +181,13 @@ def write_confirmation(sweep_dir: Path, confirmed: Sequence[Confirmed], objectiv
 
 
 def read_confirmation(sweep_dir: Path) -> list[dict[str, Any]]:
-    """confirmation.csv's rows, best first, numbers as numbers and `seeds` as a list; [] where there is none."""
-    path = sweep_dir / CONFIRMATION_FILE
+    """The sweep's confirmation.csv rows (read_confirmation_file)."""
+    return read_confirmation_file(sweep_dir / CONFIRMATION_FILE)
+
+
+def read_confirmation_file(path: Path) -> list[dict[str, Any]]:
+    """A confirmation.csv's rows (also one kept under another name), best first, numbers as numbers and
+    `seeds` as a list; [] where there is none."""
     if not path.is_file():
         return []
     rows = read_csv(path)

@@ -45,6 +45,7 @@ from cnnsweep.sweep.noise import SEED_KEY, confirmation_seeds
 from cnnsweep.sweep.outcomes import job_outcome, tell
 from cnnsweep.sweep.results import study_rows, write_confirmed
 from cnnsweep.sweep.samplers import configure_trial
+from cnnsweep.sweep.states import COMPLETE
 from cnnsweep.sweep.study import heartbeats, n_counted, retry_later
 from cnnsweep.train.signals import Interrupted
 
@@ -81,7 +82,7 @@ def confirm_settings(
 
 def check_enough(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], top: int, study_name: str) -> None:
     """Refuse in one line a study with fewer COMPLETE trials than configurations to confirm."""
-    complete = sum(row["state"] == TrialState.COMPLETE.name for row in rows)
+    complete = sum(row["state"] == COMPLETE for row in rows)
     if complete < top:
         raise UserError(
             f"study {study_name!r} has {complete} COMPLETE trials, fewer than the {top} best to confirm: "
@@ -262,7 +263,8 @@ class ConfirmationStage:
                 continue
             number, seed = pair(trial)
             if number in wanted and seed in self.seeds and (number, seed) not in done:
-                run = SeedRun(number, seed, trial.values[0], trial.user_attrs.get("test_acc"))
+                attrs = trial.user_attrs
+                run = SeedRun(number, seed, trial.values[0], attrs.get("test_acc"), attrs.get("duration_s"))
                 done[(number, seed)] = (run, trial)
         return done
 

@@ -27,10 +27,12 @@ from typing import Any
 from optuna.trial import TrialState
 
 from cnnsweep.errors import UserError
-from cnnsweep.records import RUN_DIR
+from cnnsweep.records import RunStatus
 from cnnsweep.sweep.attrs import REASON, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.noise import SEED_KEY as SEED
 from cnnsweep.sweep.outcomes import Outcome
+from cnnsweep.sweep.results import FACTS
+from cnnsweep.sweep.states import COMPLETE
 
 
 def job_number(trial: int, repeat: int, repeats: int) -> int:
@@ -62,15 +64,8 @@ def check_repeats(repeats: int, swept: Sequence[str]) -> None:
 
 def repeat_record(seed: int, outcome: Outcome, curve: list[float] | None) -> dict[str, Any]:
     """What trial attr `repeat_<r>` holds for a repeat that ended (JSON: a storage keeps it as such)."""
-    facts = {k: outcome.attrs.get(k) for k in ("n_params", "epochs_run", "duration_s", "test_acc", RUN_DIR)}
-    return {
-        SEED: seed,
-        "state": outcome.state.name,
-        "values": outcome.values,
-        **facts,
-        REASON: outcome.attrs.get(REASON),
-        "curve": curve,
-    }
+    facts = {k: outcome.attrs.get(k) for k in FACTS}  # trials.csv's facts, the reason last
+    return {SEED: seed, "state": outcome.state.name, "values": outcome.values, **facts, "curve": curve}
 
 
 @dataclass
@@ -88,7 +83,7 @@ class TrialRepeats:
 
     def __post_init__(self) -> None:
         # A re-queued trial whose carried-over repeats include one that failed or was pruned runs no more.
-        done = any(record["state"] != TrialState.COMPLETE.name for record in self.records.values())
+        done = any(record["state"] != COMPLETE for record in self.records.values())
         self.pending = [] if done else [r for r in range(len(self.seeds)) if r not in self.records]
 
     def take(self) -> int:
@@ -108,7 +103,7 @@ class TrialRepeats:
         self.records[repeat] = record
         if error is not None:
             self.errors[repeat] = error
-        if record["state"] != TrialState.COMPLETE.name:
+        if record["state"] != COMPLETE:
             self.pending.clear()  # the trial cannot complete: run no more of it
 
     @property
@@ -134,7 +129,7 @@ def trial_outcome(trial: TrialRepeats, pruned_by: str | None) -> Outcome:
             reason = f"repeat {first} (seed {records[first][SEED]}) {state.name}: {said}"
             return Outcome(state, None, trial.errors.get(first), {**facts, REASON: reason})
     if pruned_by is not None or len(records) < len(trial.seeds):  # pruned before its last repeats started
-        return Outcome(TrialState.PRUNED, None, None, {**facts, REASON: pruned_by or "pruned"})
+        return Outcome(TrialState.PRUNED, None, None, {**facts, REASON: pruned_by or str(RunStatus.PRUNED)})
     columns = list(zip(*(records[r]["values"] for r in sorted(records)), strict=True))  # one per objective
     values = [statistics.fmean(column) for column in columns]
     spread = {VALUES_SD: [statistics.stdev(column) for column in columns]} if len(records) > 1 else {}

@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.artifacts import write_csv, write_text
+from cnnsweep.artifacts import read_csv, write_csv, write_text
 from cnnsweep.files import BEST_FILE, REPEATS_FILE, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
 from cnnsweep.records import RUN_DIR, RunFolder
@@ -161,14 +161,24 @@ def write_results(
     return best
 
 
+def read_trials(sweep_dir: Path) -> list[dict[str, Any]]:
+    """trials.csv's rows as write_results wrote them (numbers as numbers, empty cells as None)."""
+    return read_csv(sweep_dir / TRIALS_FILE)
+
+
 def write_confirmed(sweep_dir: Path, entry: dict[str, Any]) -> None:
     """Add the confirmed winner (cnnsweep.sweep.confirmation.winner_entry) to optimization_results.yaml as
     `confirmed`. The search's own results stay as they are; a sweep that writes them again without a
     confirmation stage drops it (confirmation.csv stays)."""
-    path = sweep_dir / BEST_FILE
-    results = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    results = read_results(sweep_dir)
     results["confirmed"] = entry
-    write_text(path, yaml.safe_dump(results, sort_keys=False))
+    write_text(sweep_dir / BEST_FILE, yaml.safe_dump(results, sort_keys=False))
+
+
+def read_results(sweep_dir: Path) -> dict[str, Any]:
+    """optimization_results.yaml as write_results (and write_confirmed) wrote it; {} before it exists."""
+    path = sweep_dir / BEST_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
 def count_states(rows: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -5,8 +5,10 @@ them all alike:
 - classic: the seed recipe as usually written: torchvision MNIST with per-sample
   RandomRotation / ToTensor / Normalize, a DataLoader with worker processes, the eager model
   with torch's own nn.Dropout;
-- cnnsweep: the training path `python train.py` runs by default (the composed config, with any
-  OVERRIDES given), from the in-memory dataset with batched augmentation;
+- cnnsweep: the training path `python train.py` runs (the composed config, with any OVERRIDES given),
+  built by the run's own functions (run_path) and stepped through its epoch loop and Trainer.train_step:
+  compile, precision, memory layout and weight average as the run has them; from the in-memory dataset
+  with batched augmentation;
 - compute: the same model, optimizer and step as cnnsweep on one fixed, already prepared batch:
   the bound with no data work at all;
 - any number of `--also NAME="OVERRIDES"`: cnnsweep variants with other settings.
@@ -18,6 +20,7 @@ times they imply, and the ratios to the classic pipeline; `--json` prints the sa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -32,16 +35,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cnnsweep.errors import make
+from cnnsweep.records import RunStatus
 from cnnsweep.schema import compose_config
-from cnnsweep.train.compiling import CACHE_ENV
-from cnnsweep.train.data import Split, n_batches, shuffled_batches
-from cnnsweep.train.loop import preparers
+from cnnsweep.train.compiling import CACHE_ENV, CompileChoice
+from cnnsweep.train.data import Split, Splits, n_batches, shuffled_batches
+from cnnsweep.train.loop import preparers, train_epoch
 from cnnsweep.train.machine import machine_facts, machine_label
 from cnnsweep.train.model import Dropout, build_model
-from cnnsweep.train.run import build, build_scheduler
+from cnnsweep.train.run import Parts, build, build_scheduler, load_data
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]  # a uint8 batch -> the model's input (loop.preparers)
 
 
 @dataclass
@@ -71,52 +77,88 @@ def cycle(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         yield from make()
 
 
-def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = False) -> Variant:
-    """cnnsweep's own path from the composed config; with fixed_batch, steps on one prepared batch."""
-    cfg = compose_config(overrides)
+@dataclass
+class RunPath:
+    """A run's training objects, built by the functions `python train.py` builds them with
+    (cnnsweep.train.run._fit): the config's parts, its data, scheduler, data-order generator, the
+    module its steps call (compiled or not) and its batch preparation (augmentation, normalisation)."""
+
+    parts: Parts
+    splits: Splits
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    forward: torch.nn.Module
+    compiling: CompileChoice
+    prepare_train: Prepare
+    prepare_eval: Prepare
+
+
+def run_path(cfg: DictConfig) -> RunPath:
+    """What a fresh run builds before its first epoch, in the run's order and with its functions: so the
+    step timed here is the run's, with its compile, precision, memory layout and weight average."""
     torch.manual_seed(cfg.seed)
-    parts = build(cfg, build_model(cfg.model))
+    parts = build(cfg, build_model(cfg.model))  # Trainer.setup: threads, device, memory layout
     trainer, data = parts.trainer, parts.data
-    splits = data.load(trainer.device)
-    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
+    splits = load_data(data, trainer.device)
     scheduler = build_scheduler(cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
-    prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
+    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
     forward, compiling = trainer.compiled(parts.model, splits.train, data.batch_size, trainer.epochs)
+    prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
+    return RunPath(parts, splits, scheduler, generator, forward, compiling, prepare_train, prepare_eval)
+
+
+def cnnsweep_variant(name: str, overrides: Sequence[str], fixed_batch: bool = False) -> Variant:
+    """The run's own path from the composed config (run_path), its batches through the epoch loop
+    (train_epoch) and Trainer.train_step; with fixed_batch, steps on one batch prepared beforehand."""
+    run = run_path(compose_config(overrides))
+    parts, splits = run.parts, run.splits
+    trainer, data = parts.trainer, parts.data
     if fixed_batch:
-        first = next(shuffled_batches(splits.train, data.batch_size, generator))
-        prepared = Split(prepare_train(first.images), first.labels)
+        first = next(shuffled_batches(splits.train, data.batch_size, run.generator))
+        prepared = Split(run.prepare_train(first.images), first.labels)
         batches = cycle(lambda: iter([prepared]))
-        step = trainer.train_step(
-            parts.model, forward, parts.optimizer, scheduler, lambda images: images, data.batch_size
-        )
-        eval_batch = prepare_eval(splits.test.images[: data.eval_batch_size])
+        prepare_train, prepare_eval = as_they_are, as_they_are
+        eval_batch = run.prepare_eval(splits.test.images[: data.eval_batch_size])
     else:
-        batches = cycle(lambda: shuffled_batches(splits.train, data.batch_size, generator))
-        step = trainer.train_step(parts.model, forward, parts.optimizer, scheduler, prepare_train, data.batch_size)
+        batches = cycle(lambda: shuffled_batches(splits.train, data.batch_size, run.generator))
+        prepare_train, prepare_eval = run.prepare_train, run.prepare_eval
+    step = trainer.train_step(
+        parts.model, run.forward, parts.optimizer, run.scheduler, prepare_train, data.batch_size, parts.ema
+    )
 
     def train(n: int) -> int:
-        images = 0
-        for _ in range(n):
-            batch = next(batches)
-            step(batch)
-            images += len(batch.labels)
+        """n steps as an epoch of the run takes them (train_epoch: its loss bookkeeping and checks)."""
+        taken = 0
+
+        def counted() -> Iterator[Split]:
+            nonlocal taken
+            for batch in itertools.islice(batches, n):
+                taken += len(batch.labels)
+                yield batch
+
+        train_epoch(step, counted(), n, epoch=1, progress=False)
         synchronize(trainer.device)
-        return images
+        return taken
 
     def evaluate(n: int) -> int:
-        """n evaluation batches the way an epoch's evaluation runs them (Trainer.evaluate)."""
-        evaluated = trainer.eval_model(parts.model)
+        """n evaluation batches the way an epoch's evaluation runs them (Trainer.evaluate), on the weight
+        average where the run evaluates that."""
+        evaluated = trainer.eval_model(parts.model if parts.ema is None else parts.ema.module)
         if fixed_batch:
             inputs = Split(eval_batch.repeat(n, 1, 1, 1), splits.test.labels[:1].repeat(n * len(eval_batch)))
-            trainer.evaluate(evaluated, inputs, data.eval_batch_size, lambda images: images)
         else:
             count = min(n * data.eval_batch_size, len(splits.test))
             inputs = Split(splits.test.images[:count], splits.test.labels[:count])
-            trainer.evaluate(evaluated, inputs, data.eval_batch_size, prepare_eval)
+        trainer.evaluate(evaluated, inputs, data.eval_batch_size, prepare_eval)
         synchronize(trainer.device)
         return len(inputs.labels)
 
-    return Variant(name, train, evaluate, (len(splits.train), len(splits.test)), compiled=compiling.compile)
+    return Variant(name, train, evaluate, (len(splits.train), len(splits.test)), compiled=run.compiling.compile)
+
+
+def as_they_are(images: torch.Tensor) -> torch.Tensor:
+    """The compute variant's preparation: its batches are prepared once, beforehand."""
+    return images
 
 
 def classic_variant(overrides: Sequence[str], workers: int) -> Variant:
@@ -311,7 +353,7 @@ def logger_costs(config: Any, epoch_s: float, epochs: int = 20) -> list[dict[str
                 logger.log_epoch(epoch, {"epoch": epoch, **record})
                 times.append(time.perf_counter() - began)
             began = time.perf_counter()
-            logger.end("completed", {"objectives": {"val_acc": 0.99}, "epochs_run": epochs})
+            logger.end(str(RunStatus.COMPLETED), {"objectives": {"val_acc": 0.99}, "epochs_run": epochs})
             end_s = time.perf_counter() - began
         median = sorted(times)[len(times) // 2]
         rows.append({"logger": name, "start_s": start_s, "log_epoch_ms": 1000 * median,

@@ -25,19 +25,22 @@ from typing import Any
 import optuna
 import yaml
 
-from cnnsweep.artifacts import parse_value, read_csv
+from cnnsweep.artifacts import parse_value
 from cnnsweep.errors import UserError
-from cnnsweep.files import BEST_FILE, CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
+from cnnsweep.files import CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
-from cnnsweep.records import RunFolder, RunStatus
+from cnnsweep.records import RUN_DIR, RunFolder, RunStatus
 from cnnsweep.sweep.confirmation import read_confirmation
 from cnnsweep.sweep.results import (
     REPEATS,
     VALUE_SD,
     best_row,
     count_states,
+    facts_from_summary,
     folder_rows,
     pareto_rows,
+    read_results,
+    read_trials,
     row_params,
     study_rows,
     sweep_objectives,
@@ -67,17 +70,19 @@ def find_sweeps(root: Path) -> list[Path]:
 
 
 def run_row(folder: RunFolder) -> dict[str, Any]:
+    """A run's line in the table; the facts a sweep's table also holds are read as it reads them."""
     summary = folder.read_summary() or {}
-    epochs = f"{summary['epochs_run']}/{summary['epochs']}" if "epochs" in summary else None
+    facts = facts_from_summary(summary, folder.path)
+    epochs = f"{facts['epochs_run']}/{summary['epochs']}" if "epochs" in summary else None
     return {
-        "run": str(folder.path),
+        "run": facts[RUN_DIR],
         "state": summary.get("status", "no summary.json"),
         "objective": summary.get("objective"),
         "value": summary.get("objective_value"),
-        "test_acc": summary.get("final_test_acc"),
-        "n_params": summary.get("n_params"),
+        "test_acc": facts["test_acc"],
+        "n_params": facts["n_params"],
         "epochs": epochs,
-        "duration_s": round(summary["wall_time_s"], 1) if "wall_time_s" in summary else None,
+        "duration_s": facts["duration_s"],
         "overrides": folder.read_overrides(),
     }
 
@@ -153,7 +158,7 @@ def sweep_report(sweep_dir: Path) -> dict[str, Any]:
         directions = [direction.name.lower() for direction in study.directions]
         rows, _ = study_rows(study.trials, objectives, repeats)
     elif study_name and (sweep_dir / TRIALS_FILE).is_file():  # a study in a remote database
-        rows = read_csv(sweep_dir / TRIALS_FILE)
+        rows = read_trials(sweep_dir)
     else:
         rows, _ = folder_rows(sweep_dir, objectives)
     states = count_states(rows)
@@ -264,8 +269,7 @@ def format_sweep(sweep: dict[str, Any]) -> str:
             f"  best: trial {best['number']}, value {_spread(best, 'value', VALUE_SD)}, test_acc {test_acc}, "
             f"{best.get('n_params') or 0:,} params, {best.get('run_dir')}"
         )
-    results_file = Path(sweep["sweep"]) / BEST_FILE
-    results = yaml.safe_load(results_file.read_text()) if results_file.is_file() else {}
+    results = read_results(Path(sweep["sweep"]))
     if best is not None and (command := results.get("best_command")):
         lines.append(f"  rerun: {command}")
     if sweep["pareto_front"]:

@@ -18,7 +18,6 @@ metrics.csv and summary.json as DIR/RECIPE/seedN.*.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -32,8 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.files import METRICS_FILE, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.files import METRICS_FILE, SUMMARY_FILE
+from cnnsweep.records import RunFolder
 from cnnsweep.schema import CONF_DIR
+from cnnsweep.sweep.results import facts_from_summary, read_trials
 from cnnsweep.sweep.states import COMPLETE, PRUNED
 from cnnsweep.tools.bench import aligned, named
 from cnnsweep.train.compiling import CACHE_ENV
@@ -68,15 +69,16 @@ def time_runs(
         empty = scratch / f"cache-{recipe}-{seed}" if cache == "cold" else None
         args = [*overrides, f"seed={seed}", f"hydra.run.dir={run_dir}", "trainer.progress=false"]
         wall_s = timed_train_py(args, empty)
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        summary = RunFolder(run_dir).read_summary() or {}
+        facts = facts_from_summary(summary, run_dir)  # test_acc and epochs_run, as a sweep's table reads them
         runs.append(
             {
                 "seed": seed,
                 "wall_s": wall_s,
-                "test_acc": summary["final_test_acc"],
+                "test_acc": facts["test_acc"],
                 "compiled": summary["compile"]["compiled"],
                 "precision": summary["precision"]["precision"],
-                "epochs": summary["epochs_run"],
+                "epochs": facts["epochs_run"],
             }
         )
         if keep is not None:
@@ -100,10 +102,9 @@ def time_sweep(name: str, overrides: Sequence[str], variant: Sequence[str], scra
     wall_s = timed_train_py(
         ["--multirun", *overrides, *variant, f"hydra.sweep.dir={sweep_dir}"], scratch / f"cache-{name}"
     )
-    with open(sweep_dir / TRIALS_FILE) as file:
-        trials = list(csv.DictReader(file))
-    finished = [trial for trial in trials if trial["state"] in (COMPLETE, PRUNED) and int(trial["epochs_run"] or 0)]
-    epochs = sum(int(trial["epochs_run"]) for trial in finished)
+    trials = read_trials(sweep_dir)
+    finished = [trial for trial in trials if trial["state"] in (COMPLETE, PRUNED) and trial["epochs_run"]]
+    epochs = sum(trial["epochs_run"] for trial in finished)
     return {
         "variant": name,
         "overrides": list(variant),

@@ -18,8 +18,8 @@ import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnsweep.artifacts import RunFolder
 from cnnsweep.files import METRICS_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.records import RunFolder
 from cnnsweep.schema import CONF_DIR, compose_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.records import RunStatus
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 from cnnsweep.train import compiling
 from cnnsweep.train.compiling import MIN_STEPS_COLD, MIN_STEPS_WARM, choose, graph_key

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 import cnnsweep
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.command import TOOLS
+from cnnsweep.records import RunStatus
 from cnnsweep.renames import RENAMED_MODULES, current_names
 from cnnsweep.tools.evaluate import evaluate_checkpoint
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnsweep.artifacts import RunFolder
+from cnnsweep.records import RunFolder
 from cnnsweep.train import machine
 from cnnsweep.train.machine import choose_precision, machine_facts, machine_label
 from cnnsweep.train.run import train

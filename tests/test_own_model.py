@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cnnsweep.artifacts import RunStatus, read_json
+from cnnsweep.artifacts import read_json
+from cnnsweep.records import RunStatus
 from cnnsweep.tools.evaluate import EVALUATION_DIR
 
 from helpers import IN_PROCESS, read_trials, readme_files, summary, tiny_overrides, tool, train_py, write_files

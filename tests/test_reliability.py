@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from cnnsweep.artifacts import RunStatus, read_csv
+from cnnsweep.artifacts import read_csv
 from cnnsweep.cli import check_run
 from cnnsweep.errors import UserError
 from cnnsweep.files import METRICS_FILE, TRIALS_FILE
+from cnnsweep.records import RunStatus
 from cnnsweep.sweep.attrs import REASON, REQUEUED
 from cnnsweep.train.run import train
 

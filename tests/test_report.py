@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import SUMMARY_FILE
+from cnnsweep.records import RunStatus
 
 from helpers import read_metrics, summary, tool, train_py
 

@@ -5,13 +5,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
 from cnnsweep.files import METRICS_FILE
 from cnnsweep.objectives import resolve_objective
-from cnnsweep.tools.evaluate import eval_layout, trained_precision
-from cnnsweep.train.data import to_unit
-from cnnsweep.train.loop import autocast, evaluate
+from cnnsweep.records import Checkpoint, RunStatus
+from cnnsweep.tools.evaluate import evaluator
+from cnnsweep.train.loop import eval_preparer
 from cnnsweep.train.run import train
 
 from helpers import compose_train, metrics, read_metrics, summary, tiny_overrides, train_py, with_plain_net
@@ -46,17 +45,17 @@ def test_tiny_run_writes_every_artifact_with_sane_contents(tiny_mnist, tmp_path)
 
     # The checkpoint rebuilds, from its own config, a model with the recorded accuracies, evaluated as the run
     # evaluated it: in its recorded precision (bf16 where auto picks it) and memory layout, as `cnnsweep evaluate` does.
-    cpu = torch.device("cpu")
-    model = instantiate(last["config"]["model"], _convert_="all")
-    model.load_state_dict(last["model"])
-    model.to(cpu, memory_format=eval_layout(last["config"], cpu))
-    data = instantiate(last["config"]["data"])
-    splits = data.load(cpu)
-    with autocast(cpu, trained_precision(last, cpu)):
-        for split, name in ((splits.val, "val"), (splits.test, "test")):
-            loss, accuracy = evaluate(model, split, data.eval_batch_size, lambda x: data.normalize(to_unit(x)))
-            assert accuracy == pytest.approx(float(rows[-1][f"{name}_acc"]), abs=1e-9)
-            assert loss == pytest.approx(float(rows[-1][f"{name}_loss"]), rel=1e-5)
+    checkpoint = Checkpoint.load(tmp_path / "checkpoints" / "last.pt", "a test reads it")
+    model = instantiate(checkpoint.config["model"], _convert_="all")
+    model.load_state_dict(checkpoint.model)
+    trainer = evaluator(checkpoint.config, checkpoint, "cpu")
+    trainer.setup(model)
+    data = instantiate(checkpoint.config["data"])
+    splits = data.load(trainer.device)
+    for split, name in ((splits.val, "val"), (splits.test, "test")):
+        loss, accuracy = trainer.evaluate(trainer.eval_model(model), split, data.eval_batch_size, eval_preparer(data))
+        assert accuracy == pytest.approx(float(rows[-1][f"{name}_acc"]), abs=1e-9)
+        assert loss == pytest.approx(float(rows[-1][f"{name}_loss"]), rel=1e-5)
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_mnist, tmp_path):

@@ -10,8 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.files import BEST_FILE, STUDY_DB, SUMMARY_FILE, TRIALS_FILE
+from cnnsweep.records import RunStatus
 from cnnsweep.sweep.attrs import BUDGET_CONSTRAINT, OVER_BUDGET, OWNER, SURPLUS
 from cnnsweep.sweep.results import folder_rows
 from cnnsweep.sweep.study import open_storage

@@ -12,8 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cnnsweep.artifacts import RunFolder, write_json
+from cnnsweep.artifacts import write_json
 from cnnsweep.files import BEST_CHECKPOINT
+from cnnsweep.records import RunFolder
 from cnnsweep.track import (
     Logger,
     Loggers,

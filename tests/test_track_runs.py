@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnsweep.artifacts import RunFolder, read_csv, read_json
+from cnnsweep.artifacts import read_csv, read_json
 from cnnsweep.files import METRICS_FILE, TRIALS_FILE
+from cnnsweep.records import RunFolder
 from cnnsweep.track.mlflow import PARENT_FILE, RUN_ID_FILE, STATE_TAG, TRIAL_TAG, read_id
 
 from helpers import (

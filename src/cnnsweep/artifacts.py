@@ -1,129 +1,22 @@
-"""Files a run writes into its folder, each written whole or not at all (temp file + rename).
+"""Writing and reading files whole: each file is written whole or not at all (temp file + rename),
+whatever kills the process, so a reader finds the old file or the new one, never half of one.
 
-<run>/metrics.csv             one row per finished epoch
-<run>/summary.json            what the run was and how it ended (rewritten after every epoch): Summary
-<run>/checkpoints/last.pt     state after the latest epoch
-<run>/checkpoints/best.pt     state at the best epoch by the run's objective
-<run>/.hydra/                 Hydra's record: config.yaml, overrides.yaml, hydra.yaml
-
-The names are cnnsweep.files'; how a run ended is a RunStatus. Runs write these files; sweeps and
-the tools read them.
+The generic helpers every record uses (JSON, CSV, text, torch's files); the records themselves (run
+folder, summary, checkpoint) are cnnsweep.records'.
 """
 
 from __future__ import annotations
 
 import csv
-import enum
 import io
 import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-import yaml
+from typing import IO, Any
 
 from cnnsweep.errors import UserError, first_line
-
-if TYPE_CHECKING:
-    import torch
-
-from cnnsweep.files import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_SUFFIX,
-    CONFIG_FILE,
-    HYDRA_DIR,
-    METRICS_FILE,
-    OVERRIDES_FILE,
-    SUMMARY_FILE,
-)
-
-
-class RunStatus(str, enum.Enum):
-    """How a run ended, as summary.json's `status` says it (its value is the word written there)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    RUNNING = "running"  # not ended yet (or killed outright, e.g. SIGKILL)
-    COMPLETED = "completed"
-    OVER_BUDGET = "over_budget"  # the model had more parameters than budget.max_params: never trained
-    PRUNED = "pruned"  # the sweep's pruner stopped it
-    DIVERGED = "diverged"  # a loss became NaN or infinite
-    FAILED = "failed"  # any other error
-    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: stopped after a batch, resumable
-
-
-@dataclass
-class Summary:
-    """What summary.json holds: what the run was, how far it got and how it ended.
-
-    `objectives` maps each objective to its value at the latest epoch (None before the first); the
-    first is the one a sweep optimises and the checkpoint is picked by (`objective`, `objective_value`
-    in the file). `figures` holds final_<metric> of every metric and best_<metric>, best_<metric>_epoch
-    of those maximised. Optional facts are left out of the file until known.
-    """
-
-    n_params: int
-    epochs: int
-    objectives: dict[str, float | int | None]
-    seed: int
-    git_commit: str | None
-    versions: dict[str, str]
-    status: RunStatus = RunStatus.RUNNING
-    epochs_run: int = 0
-    device: str | None = None
-    device_name: str | None = None
-    machine: dict[str, Any] | None = None
-    precision: dict[str, str] | None = None  # {"precision": ..., "reason": ...}, pinned by a resume
-    compile: dict[str, Any] | None = None  # {"compiled": ..., "reason": ...}, pinned by a resume
-    best_checkpoint_epoch: int | None = None
-    best_checkpoint_value: float | None = None
-    figures: dict[str, float | int] = field(default_factory=dict)
-    resumed_after_epoch: int | None = None
-    wall_time_s: float | None = None
-    error: str | None = None
-    diverged_at: dict[str, Any] | None = None
-
-    @property
-    def objective(self) -> str:
-        return next(iter(self.objectives))
-
-    @property
-    def objective_value(self) -> float | int | None:
-        return self.objectives[self.objective]
-
-    def to_json(self) -> dict[str, Any]:
-        known = {
-            "status": str(self.status),
-            "n_params": self.n_params,
-            "epochs": self.epochs,
-            "epochs_run": self.epochs_run,
-            "objective": self.objective,
-            "objective_value": self.objective_value,
-            "objectives": dict(self.objectives),
-            "seed": self.seed,
-            "git_commit": self.git_commit,
-            "versions": self.versions,
-        }
-        optional = {
-            "device": self.device,
-            "device_name": self.device_name,
-            "machine": self.machine,
-            "precision": self.precision,
-            "compile": self.compile,
-            "best_checkpoint_epoch": self.best_checkpoint_epoch,
-            "best_checkpoint_value": self.best_checkpoint_value,
-            **self.figures,
-            "resumed_after_epoch": self.resumed_after_epoch,
-            "wall_time_s": self.wall_time_s,
-            "error": self.error,
-            "diverged_at": self.diverged_at,
-        }
-        return known | {key: value for key, value in optional.items() if value is not None}
-
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
 os.umask(_UMASK)  # ... and put it straight back
@@ -163,30 +56,22 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import torch  # here, not at the top: train.py reads RunStatus before its precheck, which must not wait for torch
+def write_torch(path: Path, state: Any) -> None:
+    """torch.save(state) into `path`, whole or not at all."""
+    import torch  # here, not at the top: train.py's precheck loads this module, and must not wait for torch
 
     write_atomically(path, lambda file: torch.save(state, file))
 
 
-def load_checkpoint(path: Path, purpose: str) -> dict[str, Any]:
-    """A checkpoint's state, on the CPU; a UserError naming `purpose` when it cannot be read."""
+def read_torch(path: Path, purpose: str) -> Any:
+    """What torch.save wrote into `path` (tensors and plain containers only), on the CPU; a UserError
+    naming `purpose` when it cannot be read."""
     try:
         import torch
 
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"{path} cannot be read ({first_line(error)}); {purpose}") from error
-
-
-def load_weights(model: torch.nn.Module, weights: dict[str, Any], checkpoint: Path, source: str) -> None:
-    """Load `weights` (from `checkpoint`) into `model` (built from the config in `source`); a
-    UserError saying how they differ when they do not fit."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
-        raise UserError(f"{checkpoint} does not match the model in {source}: {details}") from error
 
 
 def read_json(path: Path) -> Any:
@@ -211,46 +96,3 @@ def parse_value(text: Any) -> Any:
         except ValueError:
             continue
     return text
-
-
-class RunFolder:
-    """The artifacts of one run, in the folder Hydra made for it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.metrics = self.path / METRICS_FILE
-        self.summary = self.path / SUMMARY_FILE
-        self.checkpoints = self.path / CHECKPOINT_DIR
-        self.hydra = self.path / HYDRA_DIR
-
-    def is_run(self) -> bool:
-        return self.hydra.is_dir() or self.summary.is_file()
-
-    def read_summary(self) -> dict[str, Any] | None:
-        return read_json(self.summary) if self.summary.is_file() else None
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return read_csv(self.metrics) if self.metrics.is_file() else []
-
-    def read_overrides(self) -> list[str]:
-        """The task overrides the run was started with (Hydra's .hydra/overrides.yaml)."""
-        path = self.hydra / OVERRIDES_FILE
-        return [str(item) for item in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
-
-    def read_config(self) -> dict[str, Any] | None:
-        """The run's composed config (.hydra/config.yaml), interpolations unresolved."""
-        path = self.hydra / CONFIG_FILE
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
-        write_csv(self.metrics, history)
-
-    def write_summary(self, summary: Summary) -> None:
-        write_json(self.summary, summary.to_json())
-
-    def checkpoint(self, name: str) -> Path:
-        """checkpoints/<name>.pt (name: LAST_CHECKPOINT or BEST_CHECKPOINT)."""
-        return self.checkpoints / f"{name}{CHECKPOINT_SUFFIX}"
-
-    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        save_checkpoint(self.checkpoint(name), state)

@@ -1,6 +1,12 @@
 """The names of the files runs and sweeps write, in one place (every module and tool reads them from here).
 
-    <run>/metrics.csv, summary.json, checkpoints/{last,best}.pt, .hydra/{config,overrides}.yaml
+A run's folder (each file written whole or not at all; cnnsweep.records reads and writes them):
+    <run>/metrics.csv             one row per finished epoch
+    <run>/summary.json            what the run was and how it ended, rewritten after every epoch (records.Summary)
+    <run>/checkpoints/last.pt     the state after the latest epoch (records.Checkpoint)
+    <run>/checkpoints/best.pt     the state at the best epoch by the run's objective
+    <run>/.hydra/                 Hydra's record: config.yaml, overrides.yaml, hydra.yaml
+A sweep's folder:
     <sweep>/multirun.yaml (Hydra's), optuna.db (the default study storage), trials.csv,
             optimization_results.yaml, and one run folder per trial: <sweep>/<trial number>/
             confirmation.csv and, for a confirmation's runs, <sweep>/confirm/<trial number>/<seed>/

@@ -4,7 +4,8 @@ The sweeper and the study's bookkeeping (study.py) set them; the results table r
 with no imports, so that a reader needs none of the study machinery to name them.
 """
 
-# User attrs (Optuna shows them in the dashboard; trials.csv has a column for some)
+# User attrs (Optuna shows them in the dashboard; trials.csv has a column for some). The trial's run folder,
+# known before its job starts, is cnnsweep.records.RUN_DIR: the trackers read it too, and they sit below sweep.
 REASON = "reason"  # why the trial was pruned or failed
 OVER_BUDGET = "over_budget"  # the drawn model was over budget.max_params, so it never ran
 OVERRIDES = "overrides"  # the task overrides the trial's job ran with

@@ -29,6 +29,7 @@ from typing import Any
 from cnnsweep.artifacts import read_csv, write_csv
 from cnnsweep.files import CONFIRMATION_FILE
 from cnnsweep.objectives import MAXIMIZE
+from cnnsweep.records import RUN_DIR
 from cnnsweep.sweep.noise import Interval, mean_interval, paired_difference
 from cnnsweep.sweep.results import best_rows, row_params
 
@@ -210,7 +211,7 @@ def winner_entry(
         "search_value": winner.candidate.search_value,
         "tied_with": [item.candidate.number for item in confirmed if item.verdict == TIED],
         "params": dict(winner.candidate.params),
-        "run_dir": str(run_dir) if run_dir else None,
+        RUN_DIR: str(run_dir) if run_dir else None,
         "overrides": list(overrides),
         "command": shlex.join(["python", "train.py", *overrides]),
     }

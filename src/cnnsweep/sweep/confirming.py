@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIRM_DIR
+from cnnsweep.records import RUN_DIR
 from cnnsweep.sweep.attrs import CONFIRM_SEED, CONFIRMS, OVERRIDES, REASON, REQUEUED
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
 from cnnsweep.sweep.confirmation import (
@@ -191,7 +192,7 @@ class ConfirmationStage:
         sweeper = self.sweeper
         drawn = configure_trial(trial, sweeper.distributions, sweeper.fixed_params, sweeper.fixed_overrides)
         number, seed = trial.user_attrs[CONFIRMS], trial.user_attrs[CONFIRM_SEED]
-        trial.set_user_attr("run_dir", str(sweeper.sweep_dir / run_subdir(number, seed)))
+        trial.set_user_attr(RUN_DIR, str(sweeper.sweep_dir / run_subdir(number, seed)))
         kept = [override for override in drawn if override.split("=", 1)[0].lstrip("+~") != SEED_KEY]
         return (*kept, f"{SEED_KEY}={seed}", f"hydra.sweep.subdir={run_subdir(number, seed)}")
 
@@ -242,7 +243,7 @@ class ConfirmationStage:
             winner = confirmed[0]
             trial = done[(winner.candidate.number, winner.seeds[0])][1]
             overrides = trial.user_attrs.get(OVERRIDES, [])
-            run_dir = trial.user_attrs.get("run_dir")
+            run_dir = trial.user_attrs.get(RUN_DIR)
             entry = winner_entry(winner, confirmed, self.objectives[0], overrides, Path(run_dir) if run_dir else None)
             write_confirmed(sweep_dir, entry)
             log.info(

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from cnnsweep.artifacts import read_json
 from cnnsweep.errors import UserError
 from cnnsweep.files import SUMMARY_FILE
+from cnnsweep.records import RUN_DIR
 from cnnsweep.sweep.attrs import OVER_BUDGET, OVERRIDES, REASON
 from cnnsweep.sweep.results import facts_from_summary
 from cnnsweep.train.model import OverBudget
@@ -79,7 +80,7 @@ def job_facts(job: JobReturn) -> dict[str, Any]:
         if summary_file.is_file():
             facts |= facts_from_summary(read_json(summary_file), run_dir)
         else:
-            facts["run_dir"] = str(run_dir)
+            facts[RUN_DIR] = str(run_dir)
     return {key: item for key, item in facts.items() if item is not None}
 
 

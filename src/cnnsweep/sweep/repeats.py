@@ -26,8 +26,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
+from cnnsweep.records import RunStatus
 from cnnsweep.sweep.attrs import REASON, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.noise import SEED_KEY as SEED
 from cnnsweep.sweep.outcomes import Outcome

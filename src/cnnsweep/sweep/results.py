@@ -30,16 +30,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnsweep.artifacts import RunFolder, read_csv, write_csv, write_text
+from cnnsweep.artifacts import read_csv, write_csv, write_text
 from cnnsweep.files import BEST_FILE, REPEATS_FILE, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, directions_of, resolve_objectives
+from cnnsweep.records import RUN_DIR, RunFolder
 from cnnsweep.sweep.attrs import OVERRIDES, REPEAT, REQUEUED, SURPLUS
 from cnnsweep.sweep.states import COMPLETE, FAIL, RUNNING, STATE_OF_STATUS
 
-FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", "run_dir", "reason")
+FACTS = ("n_params", "epochs_run", "duration_s", "test_acc", RUN_DIR, "reason")
 REPEATS = "repeats"  # trials.csv's column of how many of a trial's repeats ended (repeats > 1)
 VALUE_SD = "value_sd"
-REPEAT_FACTS = ("test_acc", "epochs_run", "duration_s", "run_dir", "reason")
+REPEAT_FACTS = ("test_acc", "epochs_run", "duration_s", RUN_DIR, "reason")
 
 
 def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def facts_from_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]
         "epochs_run": summary.get("epochs_run"),
         "duration_s": round(summary["wall_time_s"], 1) if "wall_time_s" in summary else None,
         "test_acc": summary.get("final_test_acc"),
-        "run_dir": str(run_dir),
+        RUN_DIR: str(run_dir),
         "reason": summary.get("error"),
     }
 
@@ -199,7 +200,7 @@ def trial_entry(row: dict[str, Any], objectives: Sequence[str], overrides: dict[
         "params": row_params(row),
         "test_acc": row["test_acc"],
         "n_params": row["n_params"],
-        "run_dir": row["run_dir"],
+        RUN_DIR: row[RUN_DIR],
         "overrides": rerun,
         "command": shlex.join(["python", "train.py", *rerun]),
     }
@@ -295,11 +296,11 @@ def folder_rows(
                 values = [found.get(name) for name in objectives]
             facts = facts_from_summary(summary, run_dir)
         elif in_flight:
-            state, facts = RUNNING, {"run_dir": str(run_dir), "reason": "starting"}
+            state, facts = RUNNING, {RUN_DIR: str(run_dir), "reason": "starting"}
         else:
             state = FAIL
             facts = {
-                "run_dir": str(run_dir),
+                RUN_DIR: str(run_dir),
                 "reason": "no summary.json: the job stopped before its model was built",
             }
         rows.append(table_row(number, state, values, objectives, params, facts))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from optuna.trial import TrialState
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.records import RunStatus
 
 COMPLETE = TrialState.COMPLETE.name
 PRUNED = TrialState.PRUNED.name

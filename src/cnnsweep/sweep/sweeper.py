@@ -62,6 +62,7 @@ from cnnsweep.errors import UserError
 from cnnsweep.files import MULTIRUN_FILE
 from cnnsweep.objectives import checked_directions
 from cnnsweep.packages import check_packages
+from cnnsweep.records import RUN_DIR
 from cnnsweep.sweep.attrs import CURVE, OVERRIDES, PRUNED_BY, REASON, REPEAT, REPEAT_SEEDS, REPEATS_RAN, VALUES_SD
 from cnnsweep.sweep.budget import BudgetCheck
 from cnnsweep.sweep.claims import WAIT, TrialClaims, pause
@@ -245,7 +246,7 @@ class StudySweeper:
                     raise self.claims.failed_draw(study, trial.number, error) from error
                 if self.budget.over_budget(study, trial, overrides):
                     continue
-                trial.set_user_attr("run_dir", str(self.sweep_dir / str(trial.number)))  # known before it starts
+                trial.set_user_attr(RUN_DIR, str(self.sweep_dir / str(trial.number)))  # known before it starts
                 carried = self._carried_over(trial, overrides)
                 if self.repeats > 1:
                     trial.set_user_attr(OVERRIDES, list(overrides))  # the trial's; each repeat adds its seed

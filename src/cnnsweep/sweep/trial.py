@@ -28,9 +28,9 @@ import optuna
 from omegaconf import DictConfig
 from optuna.storages import BaseStorage
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
 from cnnsweep.files import CONFIRM_DIR
+from cnnsweep.records import RunStatus
 from cnnsweep.sweep.attrs import CURVE, PRUNED_BY
 from cnnsweep.sweep.plugin_facts import PRUNER_TARGETS, TARGET
 from cnnsweep.sweep.repeats import job_place

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import make
+from cnnsweep.records import RunStatus
 from cnnsweep.schema import compose_config
 from cnnsweep.train.compiling import CACHE_ENV, CompileChoice
 from cnnsweep.train.data import Split, Splits, n_batches, shuffled_batches

@@ -1,7 +1,9 @@
 """Evaluate a run's checkpoint on the test set: `cnnsweep evaluate RUN_FOLDER|CHECKPOINT`.
 
 Rebuilds the model from the run's saved config (.hydra/config.yaml; for a bare checkpoint file, the
-config stored in it), loads the checkpoint (best.pt unless told otherwise) and reports test loss and
+config stored in it), loads the checkpoint (best.pt unless told otherwise) and evaluates it with the
+run's own evaluation pass (cnnsweep.train.loop's Trainer: the checkpoint's precision, the config's
+memory layouts), so that it reproduces the figures the run recorded. Reports test loss and
 accuracy, per-class accuracy and the accuracy recorded at training time. Writes into
 <run>/evaluation/: evaluation.json, confusion_matrix.png and misclassified.png (a grid of wrongly
 classified test images with their true and predicted labels).
@@ -19,12 +21,12 @@ import torch
 from omegaconf import OmegaConf
 
 import cnnsweep.schema  # noqa: F401  (registers OmegaConf's resolvers used by saved configs)
-from cnnsweep.artifacts import RunFolder, load_checkpoint, load_weights, write_json
+from cnnsweep.artifacts import write_json
 from cnnsweep.errors import UserError, make
 from cnnsweep.files import BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE
+from cnnsweep.records import Checkpoint, RunFolder, load_weights
 from cnnsweep.renames import current_names
-from cnnsweep.train.data import to_unit
-from cnnsweep.train.loop import autocast, layout_setting, predict, resolve_device
+from cnnsweep.train.loop import Trainer, eval_preparer, resolve_device, scores
 from cnnsweep.train.model import build_model
 
 EVALUATION_DIR = "evaluation"
@@ -50,16 +52,11 @@ def locate(target: Path, which: str) -> tuple[RunFolder, Path]:
     return folder, checkpoint
 
 
-def load_model(checkpoint: dict[str, Any], config: dict[str, Any], path: Path, source: str) -> torch.nn.Module:
+def load_model(checkpoint: Checkpoint, config: dict[str, Any], path: Path, source: str) -> torch.nn.Module:
     """The model the config describes, with the checkpoint's evaluated weights (the moving average
     when the run kept one); refuses a mismatch."""
     model = build_model(config["model"])
-    weights = checkpoint["model"]
-    if "ema" in checkpoint:  # AveragedModel's state: module.<name> for each weight, plus n_averaged
-        weights = {
-            name.removeprefix("module."): value for name, value in checkpoint["ema"].items() if name != "n_averaged"
-        }
-    load_weights(model, weights, path, source)
+    load_weights(model, checkpoint.evaluated_weights(), path, source)
     return model
 
 
@@ -68,31 +65,28 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate and write the evaluation files; returns what evaluation.json holds."""
     folder, checkpoint_path = locate(target, which)
-    checkpoint = load_checkpoint(checkpoint_path, "it cannot be evaluated")
+    checkpoint = Checkpoint.load(checkpoint_path, "it cannot be evaluated")
     saved = folder.read_config()
     config_source = str(folder.hydra / CONFIG_FILE) if saved else f"the config stored in {checkpoint_path}"
     # a run from before the package's split names its classes by their old paths
-    config = current_names(OmegaConf.to_container(OmegaConf.create(saved or checkpoint["config"]), resolve=True))
+    config = current_names(OmegaConf.to_container(OmegaConf.create(saved or checkpoint.config), resolve=True))
     model = load_model(checkpoint, config, checkpoint_path, config_source)
 
     if data_root is not None:
         config["data"]["root"] = data_root
     config["data"]["val_size"] = 0  # only the test set is read
     data = make(config["data"])
-    run_device = resolve_device(device)
-    test = data.load(run_device).test
-    model.to(run_device, memory_format=eval_layout(config, run_device))
-    precision = trained_precision(checkpoint, run_device)
-    with autocast(run_device, precision):
-        logits = predict(model, test, data.eval_batch_size, lambda images: data.normalize(to_unit(images)))
-    logits = logits.float()
+    trainer = evaluator(config, checkpoint, device)
+    test = data.load(trainer.device).test
+    trainer.setup(model)  # the device and memory layout the run trained in
+    logits = trainer.predict(trainer.eval_model(model), test, data.eval_batch_size, eval_preparer(data))
     predicted = logits.argmax(1)
     results = summarize_predictions(logits, test.labels)
     results |= {
         "checkpoint": str(checkpoint_path),
-        "epoch": checkpoint.get("epoch"),
-        "recorded_test_acc": (checkpoint.get("metrics") or {}).get("test_acc"),
-        "precision": precision,
+        "epoch": checkpoint.epoch,
+        "recorded_test_acc": (checkpoint.metrics or {}).get("test_acc"),
+        "precision": trainer.precision,
         "config": config_source,
     }
     out = folder.path / EVALUATION_DIR
@@ -108,18 +102,29 @@ def evaluate_checkpoint(
     return results
 
 
-def eval_layout(config: dict[str, Any], device: torch.device) -> torch.memory_format:
-    """The memory layout the run evaluated in (trainer.eval_channels_last, null: the device's default):
-    in bf16 another layout may round differently and flip a borderline prediction."""
-    setting = (config.get("trainer") or {}).get("eval_channels_last")
-    channels_last = layout_setting("eval_channels_last", setting, device)
-    return torch.channels_last if channels_last else torch.preserve_format
+def evaluator(config: dict[str, Any], checkpoint: Checkpoint, device: str) -> Trainer:
+    """A Trainer that evaluates on `device` as the run's did after each epoch: in the precision its
+    checkpoint records and the memory layouts its config sets (null: the device's default). In bf16
+    another layout may round differently and flip a borderline prediction."""
+    settings = config.get("trainer") or {}
+    return Trainer(
+        epochs=1,
+        device=device,
+        progress=False,
+        channels_last=settings.get("channels_last"),
+        eval_channels_last=settings.get("eval_channels_last"),
+        compile=False,  # evaluation stays eager in compiled runs too (Trainer.eval_model)
+        precision=trained_precision(checkpoint, resolve_device(device)),
+        threads=None,
+        label_smoothing=0.0,  # the rest is training's, unused here
+        ema_decay=None,
+    )
 
 
-def trained_precision(checkpoint: dict[str, Any], device: torch.device) -> str:
+def trained_precision(checkpoint: Checkpoint, device: torch.device) -> str:
     """The precision the run evaluated in while training (its checkpoint says; older ones: fp32), so
     that the recorded accuracy is reproduced; fp16 autocast exists on CUDA only, elsewhere fp32."""
-    precision = (checkpoint.get("precision") or {}).get("precision", "fp32")
+    precision = (checkpoint.precision or {}).get("precision", "fp32")
     return "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
 
@@ -129,10 +134,11 @@ def summarize_predictions(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     confusion.index_put_((labels.cpu(), predicted.cpu()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
     per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+    test_loss, test_acc = scores(logits, labels)  # as each epoch of the run scores its evaluation pass
     return {
         "n_images": len(labels),
-        "test_loss": torch.nn.functional.cross_entropy(logits, labels).item(),
-        "test_acc": (predicted == labels).double().mean().item(),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
         "per_class_acc": {str(label): accuracy for label, accuracy in enumerate(per_class)},
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted class
     }

@@ -25,10 +25,11 @@ from typing import Any
 import optuna
 import yaml
 
-from cnnsweep.artifacts import RunFolder, RunStatus, parse_value
+from cnnsweep.artifacts import parse_value
 from cnnsweep.errors import UserError
 from cnnsweep.files import CONFIRMATION_PLOT, MULTIRUN_FILE, STUDY_DB, TRIALS_FILE
 from cnnsweep.objectives import MAXIMIZE, N_PARAMS, TRAIN_SECONDS, direction_of, directions_of
+from cnnsweep.records import RUN_DIR, RunFolder, RunStatus
 from cnnsweep.sweep.confirmation import read_confirmation
 from cnnsweep.sweep.results import (
     REPEATS,
@@ -74,7 +75,7 @@ def run_row(folder: RunFolder) -> dict[str, Any]:
     facts = facts_from_summary(summary, folder.path)
     epochs = f"{facts['epochs_run']}/{summary['epochs']}" if "epochs" in summary else None
     return {
-        "run": facts["run_dir"],
+        "run": facts[RUN_DIR],
         "state": summary.get("status", "no summary.json"),
         "objective": summary.get("objective"),
         "value": summary.get("objective_value"),

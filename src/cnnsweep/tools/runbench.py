@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.artifacts import RunFolder
 from cnnsweep.files import METRICS_FILE, SUMMARY_FILE
+from cnnsweep.records import RunFolder
 from cnnsweep.schema import CONF_DIR
 from cnnsweep.sweep.results import facts_from_summary, read_trials
 from cnnsweep.sweep.states import COMPLETE, PRUNED

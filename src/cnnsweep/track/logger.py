@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnsweep.errors import UserError, first_line, make
+from cnnsweep.records import RUN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class SweepTrackers(Guarded):
         trial's sd over its repeats (`<objective>.sd`) and how many ran (`repeats`), by trial number."""
         for trial in trials:
             if self.loggers and trial.state.is_finished() and trial.number not in self.told:
-                run_dir = trial.user_attrs.get("run_dir")
+                run_dir = trial.user_attrs.get(RUN_DIR)
                 values = trial.values if trial.values else None
                 spread = (spreads or {}).get(trial.number)
                 self._each(

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from cnnsweep.artifacts import RunFolder, RunStatus, write_json
+from cnnsweep.artifacts import write_json
 from cnnsweep.files import BEST_CHECKPOINT
+from cnnsweep.records import RunFolder, RunStatus
 from cnnsweep.track.logger import Logger, RunInfo, flatten, mask_password
 
 RUN_ID_FILE = "mlflow_run.json"

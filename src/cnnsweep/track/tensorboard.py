@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.records import RunStatus
 from cnnsweep.track.logger import Logger, RunInfo
 
 EVENT_FOLDER = "tensorboard"  # <run_dir>/tensorboard: a trial's lies under its sweep folder (<sweep>/<number>/)

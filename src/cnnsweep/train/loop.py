@@ -1,17 +1,16 @@
-"""The training loop: one epoch of SGD steps, an evaluation pass, and the Trainer that runs epochs.
+"""The training loop's parts: one epoch of SGD steps, an evaluation pass, and the Trainer that makes both
+as fast as configured (device, memory layout, precision, compiling).
 
-Functions here compute and return metrics; writing files and log lines is the caller's job
-(the `on_epoch_end` callback). Running sums stay on the device, so a step never waits for
-the host except where the progress bar or the divergence check reads them.
+Functions here compute and return metrics; the run (cnnsweep.train.run.train) calls them once per epoch
+and writes the files and log lines. Running sums stay on the device, so a step never waits for the host
+except where the progress bar or the divergence check reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,10 +19,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import UserError
+from cnnsweep.records import RunStatus
 from cnnsweep.train.compiling import CompileChoice, cache_dir, choose, graph_key
-from cnnsweep.train.data import ImageData, Split, Splits, n_batches, ordered_batches, shuffled_batches, to_unit
+from cnnsweep.train.data import ImageData, Split, n_batches, ordered_batches, to_unit
 from cnnsweep.train.machine import PrecisionChoice, choose_precision
 
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -142,10 +141,14 @@ def predict(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -
 
 def evaluate(model: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of `model` on `split`."""
-    logits = predict(model, split, batch_size, prepare).float()
-    loss = F.cross_entropy(logits, split.labels)
-    correct = (logits.argmax(1) == split.labels).sum()
-    return loss.item(), correct.item() / len(split)
+    return scores(predict(model, split, batch_size, prepare).float(), split.labels)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of float `logits` (N x classes) against `labels`."""
+    loss = F.cross_entropy(logits, labels)
+    correct = (logits.argmax(1) == labels).sum()
+    return loss.item(), correct.item() / len(labels)
 
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> float model input
@@ -157,10 +160,16 @@ def preparers(data: ImageData, augmentation: Augmentation, generator: torch.Gene
     def prepare_train(images: torch.Tensor) -> torch.Tensor:
         return data.normalize(augmentation(to_unit(images), generator))
 
+    return prepare_train, eval_preparer(data)
+
+
+def eval_preparer(data: ImageData) -> Prepare:
+    """uint8 batches -> normalised float input, as they are: what every evaluation pass feeds the model."""
+
     def prepare_eval(images: torch.Tensor) -> torch.Tensor:
         return data.normalize(to_unit(images))
 
-    return prepare_train, prepare_eval
+    return prepare_eval
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -192,36 +201,16 @@ def layout_setting(name: str, value: bool | None, device: torch.device) -> bool:
     return device_defaults(device)[name] if value is None else value
 
 
-@dataclass
-class Fit:
-    """What one Trainer.fit call trains: the run's objects, its data, and what to do after each epoch.
-
-    `forward` is what Trainer.compiled returned (the model itself, or its compiled version), `ema`
-    what Trainer.averaged returned.
-    """
-
-    model: nn.Module
-    forward: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    data: ImageData
-    splits: Splits
-    augmentation: Augmentation
-    generator: torch.Generator
-    on_epoch_end: Callable[[EpochRecord], None]
-    start_epoch: int = 1
-    check_stop: Callable[[], None] = field(default=lambda: None)
-    ema: AveragedModel | None = None
-
-
 class Trainer:
-    """Runs `epochs` epochs on `device` ('auto': cuda, then mps, then cpu), as fast as configured.
+    """How a run trains `epochs` epochs on `device` ('auto': cuda, then mps, then cpu), as fast as configured:
+    its steps (train_step) and evaluation passes (eval_model, evaluate, predict).
 
     channels_last / eval_channels_last: NHWC memory layout for training / for evaluation passes
     (null: the device's default). compile: torch.compile the model (its warm-up is paid in the
     first steps): true, false, or 'auto' (cnnsweep.train.compiling.choose: when the run is long enough
     to pay the warm-up back). precision: autocast dtype of forward passes (fp32: none; fp16 also
-    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.train.machine).
+    scales the loss), 'auto' for bf16 where the hardware does it natively (cnnsweep.train.machine); a
+    resumed run sets `self.precision` to its checkpoint's before any step uses it (run.choose_precision).
     threads: torch's intra-op CPU threads (null: torch's default). The memory-layout defaults are in
     device_defaults(). label_smoothing: of the training loss. ema_decay: evaluate an exponential
     moving average of the weights (and BatchNorm statistics) instead of the weights themselves (None: off).
@@ -346,38 +335,12 @@ class Trainer:
         return model
 
     def evaluate(self, forward: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> tuple[float, float]:
+        """Mean loss and accuracy of `forward` (what eval_model returned) on `split`, in the run's precision."""
         with self.autocast():
             return evaluate(forward, split, batch_size, prepare)
 
-    def fit(self, job: Fit) -> list[EpochRecord]:
-        """Train `job` for self.epochs epochs; after each, evaluate and hand the record to job.on_epoch_end.
-
-        Epochs before `job.start_epoch` are taken as done (a resumed run). `job.check_stop` runs
-        after every batch and may raise to stop the run. With `job.ema`, the average is updated
-        every step and evaluated instead of the model.
-        """
-        data, splits = job.data, job.splits
-        prepare_train, prepare_eval = preparers(data, job.augmentation, job.generator)
-        step = self.train_step(
-            job.model, job.forward, job.optimizer, job.scheduler, prepare_train, data.batch_size, job.ema
-        )
-        history = []
-        steps = n_batches(len(splits.train), data.batch_size)
-        check_every = 1 if self.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
-        for epoch in range(job.start_epoch, self.epochs + 1):
-            lr = job.optimizer.param_groups[0]["lr"]
-            start = time.perf_counter()
-            batches = shuffled_batches(splits.train, data.batch_size, job.generator)
-            record: EpochRecord = {"epoch": epoch, "lr": lr}
-            record |= train_epoch(step, batches, steps, epoch, self.progress, check_every, job.check_stop)
-            train_seconds = time.perf_counter() - start
-            evaluated = self.eval_model(job.model if job.ema is None else job.ema.module)
-            for name, split in (("val", splits.val), ("test", splits.test)):
-                if split is not None:
-                    loss, accuracy = self.evaluate(evaluated, split, data.eval_batch_size, prepare_eval)
-                    record[f"{name}_loss"], record[f"{name}_acc"] = loss, accuracy
-            record["seconds"] = time.perf_counter() - start
-            record["images_per_s"] = len(splits.train) / train_seconds
-            history.append(record)
-            job.on_epoch_end(record)
-        return history
+    def predict(self, forward: nn.Module, split: Split, batch_size: int, prepare: Prepare) -> torch.Tensor:
+        """Float logits of `forward` (what eval_model returned) for every image of `split`, in the run's
+        precision: the pass `evaluate` scores."""
+        with self.autocast():
+            return predict(forward, split, batch_size, prepare).float()

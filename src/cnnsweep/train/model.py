@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnsweep.artifacts import RunStatus
 from cnnsweep.errors import RUN_TARGETS, UserError, make
+from cnnsweep.records import RunStatus
 
 log = logging.getLogger(__name__)
 

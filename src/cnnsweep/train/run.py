@@ -1,11 +1,14 @@
-"""One training run: config -> objects -> epochs -> artifacts -> objective.
+"""One training run, top to bottom: config -> parts -> (resume) -> speed choices -> epochs -> run folder -> objective.
 
-`train(cfg, run_dir)` is what `python train.py` calls for each run and each sweep trial.
+`train(cfg, run_dir)` is what `python train.py` calls for each run and each sweep trial. It reads as the
+run's story: build the parts and read the data; restore an interrupted run from its last checkpoint;
+choose precision and compiling; then `for epoch: train; evaluate; record`. The loop's parts (steps,
+evaluation passes, the Trainer's speed settings) are cnnsweep.train.loop's; the records it writes
+(metrics.csv, checkpoints, summary.json) are cnnsweep.records'.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import platform
 import subprocess
@@ -24,7 +27,6 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.optim.swa_utils import AveragedModel
 
 import cnnsweep
-from cnnsweep.artifacts import RunFolder, RunStatus, Summary, load_checkpoint, load_weights
 from cnnsweep.errors import UserError, make
 from cnnsweep.files import BEST_CHECKPOINT, LAST_CHECKPOINT
 from cnnsweep.objectives import (
@@ -36,14 +38,15 @@ from cnnsweep.objectives import (
     is_better,
     resolve_objectives,
 )
+from cnnsweep.records import Checkpoint, RunFolder, RunStatus, Summary, load_weights
 from cnnsweep.schema import ConfigOptions
 from cnnsweep.track import Loggers, RunInfo, SweepInfo, build_loggers
-from cnnsweep.train.compiling import CompileChoice, note_compiled
-from cnnsweep.train.data import ImageData, Splits, n_batches
-from cnnsweep.train.loop import Augmentation, Diverged, EpochRecord, Fit, Trainer
+from cnnsweep.train.compiling import note_compiled
+from cnnsweep.train.data import ImageData, Split, Splits, n_batches, shuffled_batches
+from cnnsweep.train.loop import CHECK_EVERY, Augmentation, Diverged, EpochRecord, Trainer, preparers, train_epoch
 from cnnsweep.train.machine import machine_facts
 from cnnsweep.train.model import OverBudget, build_model, check_budget, check_outputs, count_parameters, model_size
-from cnnsweep.train.signals import StopRequests, stop_requests
+from cnnsweep.train.signals import stop_requests
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def train(
     options: ConfigOptions | None = None,
     place: SweepInfo | None = None,
 ) -> float | list[float]:
-    """Train the configured model, write the run's artifacts into run_dir, return the objective
+    """Train the configured model, write the run's records into run_dir, return the objective
     (a list of values, one per objective, when `cfg.objective` names several).
 
     With resume, continue from run_dir's last checkpoint (its epoch, weights, optimizer and
@@ -84,11 +87,80 @@ def train(
     )
     folder = RunFolder(run_dir)
     summary = new_summary(cfg, objectives, count_parameters(model), seed)
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"))  # a failing tracker is switched off with one warning
     with record_outcome(folder, summary, clock, loggers), stop_requests() as stop:
         check_budget_offering(summary.n_params, cfg, options)
-        run = Run(cfg, model, objectives, folder, summary, clock, loggers)
-        _fit(run, reporter, resume, stop, place)
+
+        # The parts and the data
+        parts = build(cfg, model)
+        trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
+        describe_machine(trainer, summary, objectives)
+        splits = load_data(data, trainer.device)
+        steps_per_epoch = n_batches(len(splits.train), data.batch_size)
+        scheduler = build_scheduler(cfg, optimizer, trainer.epochs, steps_per_epoch)
+        generator = torch.Generator(device=trainer.device).manual_seed(seed)  # data order and augmentation
+
+        # A resumed run continues after its last checkpoint: its objects' states, its epochs so far, its
+        # best epoch, its wall time, and (below) the precision and compiling it began with
+        began = restore(folder, parts, scheduler, generator) if resume else None
+        history: list[EpochRecord] = [] if began is None else list(began.history)
+        if began is not None:
+            summary.best = began.best
+            summary.resumed_after_epoch = began.epoch
+            clock.earlier_s = began.wall_time_s
+            record_epochs(summary, history, objectives)
+        first_epoch = len(history) + 1  # of this invocation
+        config = OmegaConf.to_container(cfg, resolve=True)  # interpolations resolved: checkpoints and trackers keep it
+        start_trackers(loggers, folder, config, summary.n_params, resume, place, history)
+
+        # Speed: precision first (the compiled graphs depend on it), then compiling; a resumed run keeps both
+        summary.precision = choose_precision(trainer, began)
+        trainer.precision = summary.precision["precision"]  # before any step, graph or evaluation uses it
+        epochs_left = trainer.epochs - len(history)
+        forward, summary.compile, warm_graphs = choose_compiling(
+            trainer, model, splits.train, data.batch_size, epochs_left, began
+        )
+        prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
+        step = trainer.train_step(model, forward, optimizer, scheduler, prepare_train, data.batch_size, parts.ema)
+        check_every = 1 if trainer.device.type == "cpu" else CHECK_EVERY  # on a CPU a read costs nothing
+        metric = checkpoint_metric(objectives, cfg.data.val_size)  # picks best.pt
+
+        for epoch in range(first_epoch, trainer.epochs + 1):
+            # Train one epoch
+            start = time.perf_counter()
+            record: EpochRecord = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            batches = shuffled_batches(splits.train, data.batch_size, generator)
+            record |= train_epoch(step, batches, steps_per_epoch, epoch, trainer.progress, check_every, stop.check)
+            train_seconds = time.perf_counter() - start
+
+            # Evaluate: the weight average where the run keeps one, else the model
+            evaluated = trainer.eval_model(model if parts.ema is None else parts.ema.module)
+            for name, split in evaluated_splits(splits):
+                loss, accuracy = trainer.evaluate(evaluated, split, data.eval_batch_size, prepare_eval)
+                record[f"{name}_loss"], record[f"{name}_acc"] = loss, accuracy
+            record["seconds"] = time.perf_counter() - start
+            record["images_per_s"] = len(splits.train) / train_seconds
+
+            # Record: the log line, metrics.csv, the checkpoints, summary.json, the trackers, the sweep
+            history.append(record)
+            log.info(format_epoch(record, trainer.epochs))
+            folder.write_metrics(history)
+            better = is_better(metric, record[metric], summary.best_checkpoint_value)
+            if better:
+                summary.best_checkpoint_epoch, summary.best_checkpoint_value = epoch, record[metric]
+            record_epochs(summary, history, objectives)
+            summary.wall_time_s = clock.elapsed()
+            checkpoint = checkpoint_after(history, parts, scheduler, generator, config, summary)
+            if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
+                checkpoint.save(folder.checkpoint(BEST_CHECKPOINT))
+            checkpoint.save(folder.checkpoint(LAST_CHECKPOINT))
+            folder.write_summary(summary)
+            loggers.log_epoch(epoch, record)  # after its checkpoint: a resume never logs it twice
+            if warm_graphs is not None and epoch == first_epoch:
+                note_compiled(warm_graphs)  # the next run of these graphs starts warm
+            if reporter is not None:  # the first objective: Optuna prunes single-objective trials only
+                reporter.report(epoch, summary.objective_value, last=epoch == trainer.epochs)
+
     said = ", ".join(
         f"{name} = {value:.4f}" if isinstance(value, float) else f"{name} = {value:,}"
         for name, value in summary.objectives.items()
@@ -156,61 +228,21 @@ def record_outcome(folder: RunFolder, summary: Summary, clock: Clock, loggers: L
         loggers.end(str(summary.status), summary.to_json())
 
 
-@dataclass
-class Run:
-    """One run in progress: its config, model and objectives, and where and what it records."""
-
-    cfg: DictConfig
-    model: torch.nn.Module
-    objectives: list[str]
-    folder: RunFolder
-    summary: Summary
-    clock: Clock
-    loggers: Loggers  # the experiment trackers (cfg.logger); a failing one is switched off with one warning
-
-    @functools.cached_property
-    def resolved(self) -> dict[str, Any]:
-        """The config with its interpolations resolved: what checkpoints and trackers record."""
-        return OmegaConf.to_container(self.cfg, resolve=True)
-
-
-def _fit(run: Run, reporter: Reporter | None, resume: bool, stop: StopRequests, place: SweepInfo | None) -> None:
-    """Build the run's parts, read its data, pick up a resumed run, choose precision and compiling, train."""
-    cfg = run.cfg
-    parts = build(cfg, run.model)
-    trainer = parts.trainer
-    describe_machine(trainer, run.summary, run.objectives)
-    splits = load_data(parts.data, trainer.device)
-    scheduler = build_scheduler(
-        cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), parts.data.batch_size)
-    )
-    generator = torch.Generator(device=trainer.device).manual_seed(run.summary.seed)
-    history = restore(run, parts, scheduler, generator) if resume else []
-    start_trackers(run, resume, place, history)
-    first_epoch = len(history) + 1  # of this invocation
-    precision = pin_precision(trainer, run.summary)
-    if trainer.precision_choice.warning is not None:
-        log.warning(trainer.precision_choice.warning)
-    log.info(f"precision: {precision['precision']} ({precision['reason']})")
-    forward, compiling = choose_compiling(trainer, run, splits, parts.data.batch_size, len(history))
-    warm_graphs = compiling.key if compiling.compile else None
-    recorder = EpochRecorder(run, parts, scheduler, generator, history, reporter, warm_graphs)
-    job = Fit(
-        run.model, forward, parts.optimizer, scheduler, parts.data, splits, parts.augmentation, generator,
-        on_epoch_end=recorder, start_epoch=first_epoch, check_stop=stop.check, ema=parts.ema,
-    )  # fmt: skip
-    trainer.fit(job)
-
-
-def start_trackers(run: Run, resume: bool, place: SweepInfo | None, history: list[EpochRecord]) -> None:
+def start_trackers(
+    loggers: Loggers,
+    folder: RunFolder,
+    config: dict[str, Any],
+    n_params: int,
+    resume: bool,
+    place: SweepInfo | None,
+    history: list[EpochRecord],
+) -> None:
     """Tell the trackers the run starts (a resumed one continues its tracker runs) and replay the epochs
     restored from the checkpoint (each tracker skips those it already holds)."""
-    folder = run.folder.path
-    config = run.resolved
-    name = f"{folder.parent.name}/{folder.name}"
-    run.loggers.start(RunInfo(folder, config, run.summary.n_params, name, resumed=resume, sweep=place))
+    name = f"{folder.path.parent.name}/{folder.path.name}"
+    loggers.start(RunInfo(folder.path, config, n_params, name, resumed=resume, sweep=place))
     for record in history:
-        run.loggers.log_epoch(record["epoch"], record)
+        loggers.log_epoch(record["epoch"], record)
 
 
 def describe_machine(trainer: Trainer, summary: Summary, objectives: list[str]) -> None:
@@ -234,99 +266,38 @@ def load_data(data: ImageData, device: torch.device) -> Splits:
     return splits
 
 
-def choose_compiling(
-    trainer: Trainer, run: Run, splits: Splits, batch_size: int, epochs_done: int
-) -> tuple[torch.nn.Module, CompileChoice]:
-    """The module training steps call, and whether it is compiled: a resumed run trains as it began."""
-    began = run.summary.compile  # a resumed run's choice, from its checkpoint
-    setting = trainer.compile if began is None else began["compiled"]
-    forward, compiling = trainer.compiled(run.model, splits.train, batch_size, trainer.epochs - epochs_done, setting)
-    reason = compiling.reason if began is None else as_before(began["reason"])
-    run.summary.compile = {"compiled": compiling.compile, "reason": reason}
-    log.info(f"compile: {'on' if compiling.compile else 'off'} ({reason})")
-    return forward, compiling
-
-
-class EpochRecorder:
-    """What happens after each epoch: the log line, metrics.csv, the best and last checkpoints,
-    summary.json, and the objective reported to the sweep (which may stop the run)."""
-
-    def __init__(
-        self,
-        run: Run,
-        parts: Parts,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        generator: torch.Generator,
-        history: list[EpochRecord],
-        reporter: Reporter | None,
-        warm_graphs: str | None,
-    ) -> None:
-        self.run, self.parts, self.scheduler, self.generator = run, parts, scheduler, generator
-        self.history = history
-        self.reporter = reporter
-        self.metric = checkpoint_metric(run.objectives, run.cfg.data.val_size)  # picks best.pt
-        self.config = run.resolved  # stored in each checkpoint
-        self.first_epoch = len(history) + 1
-        self.warm_graphs = warm_graphs  # the compiled graphs' cache key (None: eager), noted once compiled
-
-    def __call__(self, record: EpochRecord) -> None:
-        run, summary, epochs = self.run, self.run.summary, self.parts.trainer.epochs
-        self.history.append(record)
-        log.info(format_epoch(record, epochs))
-        run.folder.write_metrics(self.history)
-        better = is_better(self.metric, record[self.metric], summary.best_checkpoint_value)
-        if better:
-            summary.best_checkpoint_epoch, summary.best_checkpoint_value = record["epoch"], record[self.metric]
-        record_epochs(summary, self.history, run.objectives)
-        summary.wall_time_s = run.clock.elapsed()
-        state = self.checkpoint(record)
-        if better:  # best before last: a kill in between leaves last.pt behind, never ahead of best.pt
-            run.folder.save_checkpoint(BEST_CHECKPOINT, state)
-        run.folder.save_checkpoint(LAST_CHECKPOINT, state)
-        run.folder.write_summary(summary)
-        run.loggers.log_epoch(record["epoch"], record)  # after its checkpoint: a resume never logs it twice
-        if self.warm_graphs is not None and record["epoch"] == self.first_epoch:
-            note_compiled(self.warm_graphs)  # the next run of these graphs starts warm
-        if self.reporter is not None:  # the first objective: Optuna prunes single-objective trials only
-            self.reporter.report(record["epoch"], summary.objective_value, last=record["epoch"] == epochs)
-
-    def checkpoint(self, record: EpochRecord) -> dict[str, Any]:
-        """Everything a resume needs to continue after this epoch (see restore)."""
-        summary, parts = self.run.summary, self.parts
-        state = {
-            "model": self.run.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": record["epoch"],
-            "metrics": record,
-            "history": list(self.history),
-            "config": self.config,
-            "rng": rng_state(self.generator),
-            "best": {
-                "best_checkpoint_epoch": summary.best_checkpoint_epoch,
-                "best_checkpoint_value": summary.best_checkpoint_value,
-            },
-            "compile": summary.compile,
-            "precision": summary.precision,
-            "wall_time_s": self.run.clock.elapsed(),
-        }
-        if parts.ema is not None:  # the weights that were evaluated; evaluate.py loads these
-            state["ema"] = parts.ema.state_dict()
-        return state
-
-
-def pin_precision(trainer: Trainer, summary: Summary) -> dict[str, str]:
-    """The precision the run trains in, and why: a resumed run's from its checkpoint (in
-    summary.precision; `auto` may decide otherwise on another machine), else the trainer's
-    choice. Recorded in summary.precision."""
-    began = summary.precision
-    if began is None:
-        chosen = {"precision": trainer.precision, "reason": trainer.precision_choice.reason}
+def choose_precision(trainer: Trainer, began: Checkpoint | None) -> dict[str, str]:
+    """The precision the run trains in, and why, as summary.json records it: a resumed run's own (from
+    its checkpoint: `auto` may decide otherwise on another machine), else the trainer's choice."""
+    chosen = trainer.precision_choice
+    if chosen.warning is not None:
+        log.warning(chosen.warning)
+    kept = None if began is None else began.precision  # older checkpoints have none: the config decides
+    if kept is None:
+        precision = {"precision": chosen.precision, "reason": chosen.reason}
     else:
-        trainer.precision = began["precision"]
-        chosen = {"precision": began["precision"], "reason": as_before(began["reason"])}
-    summary.precision = chosen
-    return chosen
+        precision = {"precision": kept["precision"], "reason": as_before(kept["reason"])}
+    log.info(f"precision: {precision['precision']} ({precision['reason']})")
+    return precision
+
+
+def choose_compiling(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    train: Split,
+    batch_size: int,
+    epochs_left: int,
+    began: Checkpoint | None,
+) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """The module training steps call for `epochs_left` more epochs in batches of `batch_size`; whether it is
+    compiled and why, as summary.json records it; and the compiled graphs' cache key (None: eager). A resumed
+    run trains as it began."""
+    kept = None if began is None else began.compile  # older checkpoints have none: the config decides
+    setting = trainer.compile if kept is None else kept["compiled"]
+    forward, choice = trainer.compiled(model, train, batch_size, epochs_left, setting)
+    reason = choice.reason if kept is None else as_before(kept["reason"])
+    log.info(f"compile: {'on' if choice.compile else 'off'} ({reason})")
+    return forward, {"compiled": choice.compile, "reason": reason}, choice.key if choice.compile else None
 
 
 def as_before(reason: str) -> str:
@@ -334,6 +305,37 @@ def as_before(reason: str) -> str:
     often the run was resumed)."""
     said = "as before the resume: "
     return reason if reason.startswith(said) else said + reason
+
+
+def evaluated_splits(splits: Splits) -> list[tuple[str, Split]]:
+    """The splits each epoch is evaluated on, by the name metrics.csv gives them: val (when held out), then test."""
+    return [(name, split) for name, split in (("val", splits.val), ("test", splits.test)) if split is not None]
+
+
+def checkpoint_after(
+    history: list[EpochRecord],
+    parts: Parts,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    config: dict[str, Any],
+    summary: Summary,
+) -> Checkpoint:
+    """Everything a resume needs to continue after the latest epoch of `history` (see restore)."""
+    return Checkpoint(
+        model=parts.model.state_dict(),
+        optimizer=parts.optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        epoch=history[-1]["epoch"],
+        metrics=history[-1],
+        history=list(history),
+        config=config,
+        rng=rng_state(generator),
+        best=summary.best,
+        compile=summary.compile,
+        precision=summary.precision,
+        wall_time_s=summary.wall_time_s,
+        ema=None if parts.ema is None else parts.ema.state_dict(),  # the weights evaluated; evaluate loads these
+    )
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -346,39 +348,31 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore(
-    run: Run, parts: Parts, scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator
-) -> list[EpochRecord]:
-    """Load the run's last checkpoint into the run's objects; returns the epochs it already ran."""
-    folder, summary = run.folder, run.summary
+    folder: RunFolder, parts: Parts, scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator
+) -> Checkpoint | None:
+    """Load the run's last checkpoint into the run's objects and cut metrics.csv back to it; returns what it
+    read (None: the run had no checkpoint yet and starts from the first epoch)."""
     for stale in folder.path.rglob(".*.tmp"):
         stale.unlink()  # a write cut short by the kill; the file it was replacing is intact
     path = folder.checkpoint(LAST_CHECKPOINT)
     if not path.is_file():
         log.info(f"resume: {folder.path} has no checkpoint yet, starting from the first epoch")
-        return []
-    state = load_checkpoint(path, "the run cannot be resumed from it")
-    load_weights(parts.model, state["model"], path, "the run's config")
-    parts.optimizer.load_state_dict(state["optimizer"])
+        return None
+    began = Checkpoint.load(path, "the run cannot be resumed from it")
+    load_weights(parts.model, began.model, path, "the run's config")
+    parts.optimizer.load_state_dict(began.optimizer)
     if parts.ema is not None:
-        if "ema" not in state:
+        if began.ema is None:
             raise UserError(f"{path} holds no weight average but the run's config sets trainer.ema_decay")
-        parts.ema.load_state_dict(state["ema"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    generator.set_state(state["rng"]["generator"])
-    summary.best_checkpoint_epoch = state["best"]["best_checkpoint_epoch"]
-    summary.best_checkpoint_value = state["best"]["best_checkpoint_value"]
-    # older checkpoints have no compile or precision: the config decides, as it did then
-    summary.compile, summary.precision = state.get("compile"), state.get("precision")
-    run.clock.earlier_s = state["wall_time_s"]
-    history = list(state["history"])
-    folder.write_metrics(history)  # drop any row written after this checkpoint
-    record_epochs(summary, history, run.objectives)
-    summary.resumed_after_epoch = state["epoch"]
-    log.info(f"resume: continuing {folder.path} after epoch {state['epoch']}")
-    return history
+        parts.ema.load_state_dict(began.ema)
+    scheduler.load_state_dict(began.scheduler)
+    torch.set_rng_state(began.rng["torch"])
+    if began.rng["cuda"]:
+        torch.cuda.set_rng_state_all(began.rng["cuda"])
+    generator.set_state(began.rng["generator"])
+    folder.write_metrics(began.history)  # drop any row written after this checkpoint
+    log.info(f"resume: continuing {folder.path} after epoch {began.epoch}")
+    return began
 
 
 @dataclass

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cnnsweep.artifacts import RunStatus
+from cnnsweep.records import RunStatus
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

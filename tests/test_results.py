@@ -41,7 +41,9 @@ def label_and_overrides(recipe: str) -> tuple[str, list[str]]:
 
 def readme_row(recipe: str) -> str:
     label, _ = label_and_overrides(recipe)
-    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| {label} |")]
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Recipes") : text.index("### Confirmed on fresh seeds")]  # the recipes' own table
+    rows = [line for line in table.splitlines() if line.startswith(f"| {label} |")]
     assert len(rows) == 1, f"README's Recipes table has {len(rows)} rows for {label}"
     return rows[0]
 
@@ -116,7 +118,8 @@ def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
 
 
 BENCH = REPO / "results" / "bench"
-MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs of docs/performance.md's figures
+MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs of docs/performance.md's bench figures
+ZEN4 = "epyc_zen4"  # the machine the confirmed 3-epoch experiment=minute was timed on (runs_warm.json only)
 
 
 def stored(machine: str, name: str) -> dict:
@@ -142,13 +145,15 @@ def test_every_stored_figure_names_its_machine():
 
     for path in sorted(BENCH.glob("*/*.json")):
         report = read_json(path)
-        assert path.parent.name in MACHINES, path
+        assert path.parent.name in (*MACHINES, ZEN4), path
         facts = report["machine"]
         assert {"cpu", "cpu_cores", "cpu_capability", "cpu_native_bf16", "gpu"} <= set(facts), path
         assert {row["machine"] for row in report["rows"]} == {machine_label(facts)}, path
     amd, intel = stored("epyc_avx2", "cpu.json")["machine"], stored("xeon_amx", "cpu.json")["machine"]
     assert (amd["cpu_capability"], amd["cpu_native_bf16"]) == ("AVX2", False)
     assert intel["cpu_bf16_instructions"] == "AMX"
+    zen4 = stored(ZEN4, "runs_warm.json")["machine"]
+    assert (zen4["cpu_capability"], zen4["cpu_bf16_instructions"]) == ("AVX512", "AVX512_BF16")
 
 
 def test_the_bench_table_is_the_stored_measurement():
@@ -249,7 +254,19 @@ def test_a_confirmed_recipe_is_its_confirmed_configuration():
         confirmed = compose_train([recipe.strip("`"), *(f"{key}={value}" for key, value in params.items())])
         for key in params:
             ours, theirs = OmegaConf.select(shipped, key), OmegaConf.select(confirmed, key)
-            if isinstance(theirs, float):
-                assert ours == pytest.approx(theirs, rel=5e-3), key  # rounded to three significant digits
-            else:
-                assert ours == theirs, key
+            assert ours == theirs, key  # to the last digit: rounded, a run is another draw
+
+
+def test_the_confirmed_minute_recipes_time_is_the_stored_measurement():
+    from cnnsweep.tools.runbench import runs_table
+
+    report = stored(ZEN4, "runs_warm.json")
+    (row,) = report["rows"]
+    assert row["overrides"] == ["experiment=minute"] and [run["seed"] for run in row["runs"]] == [3, 4, 5]
+    text = performance_text()
+    assert " ".join(runs_table([row]).split()) in text and report["command"] in text
+    kept = [read_json(RESULTS / "minute" / f"seed{run['seed']}.summary.json") for run in row["runs"]]
+    assert [summary["final_test_acc"] for summary in kept] == [run["test_acc"] for run in row["runs"]]
+    assert {summary["epochs_run"] for summary in kept} == {compose_train(["experiment=minute"]).trainer.epochs}
+    cells = [cell.strip() for cell in readme_row("minute").split("|")]
+    assert f"{row['wall_s_mean']:.0f} s with start-up" in cells[5] and "AMD EPYC Zen 4" in cells[5]

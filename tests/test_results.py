@@ -5,11 +5,15 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+import optuna
 import pytest
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
 from cnnsweep.artifacts import read_csv, read_json
+from cnnsweep.sweep.attrs import CONFIRMS
 from cnnsweep.sweep.confirmation import confirmed_params, read_confirmation_file
+from cnnsweep.sweep.confirming import pair
 from cnnsweep.sweep.results import pareto_rows
 
 from helpers import REPO, compose_train
@@ -67,7 +71,6 @@ def test_readme_row_is_the_mean_and_std_of_three_seeds(recipe):
 # recipe -> (its multirun's trials.csv under results/recipes, the rows' `experiment` value)
 TRIAL_TABLES = {
     "seed_recipe": ("seed_recipe.trials.csv", None),
-    "seed_tuned": ("seed_tuned.trials.csv", "seed_tuned"),
     "fast": ("fast.trials.csv", "fast"),
     "tiny": ("tiny.trials.csv", "tiny"),
     "best": ("recipes.trials.csv", "best"),  # that multirun also holds the superseded tiny and fast
@@ -230,7 +233,7 @@ def cpu_hours(study: str) -> tuple[float, float]:
 
 def test_readmes_confirmed_recipes_are_the_stored_confirmations():
     rows = confirmed_table()
-    assert [row[0] for row in rows][:1] == ["`experiment=minute`"]
+    assert [row[0] for row in rows] == ["`experiment=minute`", "`experiment=seed_tuned`"]
     for recipe, study_cell, epochs, images, seeds, test_acc, interval, val_acc, hours in rows:
         study = study_cell.split("`")[1]
         best = read_confirmation_file(SWEEPS / f"{study}.confirmation.csv")[0]
@@ -255,6 +258,24 @@ def test_a_confirmed_recipe_is_its_confirmed_configuration():
         for key in params:
             ours, theirs = OmegaConf.select(shipped, key), OmegaConf.select(confirmed, key)
             assert ours == theirs, key  # to the last digit: rounded, a run is another draw
+
+
+def test_the_seed_tuned_runs_are_its_confirmation_runs_reproduced(tmp_path):
+    """README: `experiment=seed_tuned seed=N trainer.threads=1` re-trains the confirmation's run on seed N exactly."""
+    best = read_confirmation_file(SWEEPS / "lr_gamma_dropout.confirmation.csv")[0]
+    copy = tmp_path / "study.db"  # read a copy: the stored study stays untouched
+    copy.write_bytes((SWEEPS / "lr_gamma_dropout.optuna.db").read_bytes())
+    study = optuna.load_study(study_name="lr_gamma_dropout.confirm", storage=f"sqlite:///{copy}")
+    confirmed = {
+        pair(trial)[1]: (trial.value, trial.user_attrs["test_acc"])
+        for trial in study.get_trials(states=(TrialState.COMPLETE,))
+        if CONFIRMS in trial.user_attrs and pair(trial)[0] == best["trial"]
+    }
+    kept = {path.name: read_json(path) for path in sorted((RESULTS / "seed_tuned").glob("seed*.summary.json"))}
+    assert sorted(kept) == [f"seed{seed}.summary.json" for seed in (1, 2, 3)]
+    for summary in kept.values():
+        assert (summary["final_val_acc"], summary["final_test_acc"]) == confirmed[summary["seed"]]
+        assert summary["epochs_run"] == compose_train(["experiment=seed_tuned"]).trainer.epochs
 
 
 def test_the_confirmed_minute_recipes_time_is_the_stored_measurement():

@@ -122,7 +122,7 @@ def test_readmes_pareto_front_is_the_front_of_the_sweep_in_results():
 
 BENCH = REPO / "results" / "bench"
 MACHINES = ("xeon_amx", "epyc_avx2")  # results/bench/<machine>/: the CPUs of docs/performance.md's bench figures
-ZEN4 = "epyc_zen4"  # the machine the confirmed 3-epoch experiment=minute was timed on (runs_warm.json only)
+ZEN4 = "epyc_zen4"  # the machine the confirmed 3-epoch experiment=minute was timed on
 
 
 def stored(machine: str, name: str) -> dict:
@@ -258,6 +258,31 @@ def test_a_confirmed_recipe_is_its_confirmed_configuration():
         for key in params:
             ours, theirs = OmegaConf.select(shipped, key), OmegaConf.select(confirmed, key)
             assert ours == theirs, key  # to the last digit: rounded, a run is another draw
+
+
+def test_the_minute_recipes_avx2_estimate_is_the_stored_ratio():
+    """docs/performance.md's estimate for an AVX2 CPU: the recipe timed beside the run measured there, both
+    on the Zen 4 held to AVX2 and fp32, the ratio carried over to that run's measured time."""
+    from cnnsweep.tools.runbench import runs_table
+
+    report = stored(ZEN4, "runs_warm_as_avx2.json")
+    text = performance_text().replace("**", "")
+    assert " ".join(runs_table(report["rows"]).split()) in text and report["command"] in text
+    assert report["command"].startswith("ATEN_CPU_CAPABILITY=avx2 ") and report["machine"]["cpu_capability"] == "AVX2"
+    recipe, then = report["rows"]
+    assert {run["precision"] for row in report["rows"] for run in row["runs"]} == {"fp32"}  # auto, without bf16
+    (measured,) = stored("epyc_avx2", "runs_warm_3epochs.json")["rows"]
+    reference = compose_train(then["overrides"])  # the run measured on the AVX2 AMD, as today's overrides say it
+    assert (
+        reference.model == compose_train(["experiment=minute"]).model and recipe["overrides"][0] == "experiment=minute"
+    )
+    assert (reference.trainer.epochs, reference.data.batch_size, reference.data.val_size) == (3, 128, 0)
+    assert reference.augmentation._target_ == "cnnsweep.train.augment.NoAugmentation"
+    ratio = recipe["wall_s_mean"] / then["wall_s_mean"]
+    said = (
+        f"takes {ratio:.2f}x as long as that run here ({recipe['wall_s_mean']:.1f} against {then['wall_s_mean']:.1f} s)"
+    )
+    assert said in text and f"about {measured['wall_s_mean'] * ratio:.0f} s per run on the AVX2 AMD" in text
 
 
 def test_the_seed_tuned_runs_are_its_confirmation_runs_reproduced(tmp_path):

@@ -45,7 +45,7 @@ from cnnsweep.train.data import Split, Splits, n_batches, shuffled_batches
 from cnnsweep.train.loop import preparers, train_epoch
 from cnnsweep.train.machine import machine_facts, machine_label
 from cnnsweep.train.model import Dropout, build_model
-from cnnsweep.train.run import Parts, build, build_scheduler, load_data
+from cnnsweep.train.run import Parts, build, data_and_schedule
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]  # a uint8 batch -> the model's input (loop.preparers)
 
@@ -80,7 +80,7 @@ def cycle(make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
 @dataclass
 class RunPath:
     """A run's training objects, built by the functions `python train.py` builds them with
-    (cnnsweep.train.run._fit): the config's parts, its data, scheduler, data-order generator, the
+    (cnnsweep.train.run.train): the config's parts, its data, scheduler, data-order generator, the
     module its steps call (compiled or not) and its batch preparation (augmentation, normalisation)."""
 
     parts: Parts
@@ -99,9 +99,7 @@ def run_path(cfg: DictConfig) -> RunPath:
     torch.manual_seed(cfg.seed)
     parts = build(cfg, build_model(cfg.model))  # Trainer.setup: threads, device, memory layout
     trainer, data = parts.trainer, parts.data
-    splits = load_data(data, trainer.device)
-    scheduler = build_scheduler(cfg, parts.optimizer, trainer.epochs, n_batches(len(splits.train), data.batch_size))
-    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
+    splits, _, scheduler, generator = data_and_schedule(cfg, parts)
     forward, compiling = trainer.compiled(parts.model, splits.train, data.batch_size, trainer.epochs)
     prepare_train, prepare_eval = preparers(data, parts.augmentation, generator)
     return RunPath(parts, splits, scheduler, generator, forward, compiling, prepare_train, prepare_eval)

@@ -95,10 +95,7 @@ def train(
         parts = build(cfg, model)
         trainer, data, optimizer = parts.trainer, parts.data, parts.optimizer
         describe_machine(trainer, summary, objectives)
-        splits = load_data(data, trainer.device)
-        steps_per_epoch = n_batches(len(splits.train), data.batch_size)
-        scheduler = build_scheduler(cfg, optimizer, trainer.epochs, steps_per_epoch)
-        generator = torch.Generator(device=trainer.device).manual_seed(seed)  # data order and augmentation
+        splits, steps_per_epoch, scheduler, generator = data_and_schedule(cfg, parts)
 
         # A resumed run continues after its last checkpoint: its objects' states, its epochs so far, its
         # best epoch, its wall time, and (below) the precision and compiling it began with
@@ -403,10 +400,18 @@ def build(cfg: DictConfig, model: torch.nn.Module) -> Parts:
     return Parts(model, trainer, data, augmentation, optimizer, trainer.averaged(model))
 
 
-def build_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    return make(cfg.scheduler)(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch)
+def data_and_schedule(
+    cfg: DictConfig, parts: Parts
+) -> tuple[Splits, int, torch.optim.lr_scheduler.LRScheduler, torch.Generator]:
+    """What a run reads and plans once its parts are built (train, and cnnsweep bench timing its steps): its
+    data on the trainer's device, its steps per epoch, the learning-rate schedule over its epochs, and the
+    generator of its data order and augmentation, seeded by cfg.seed."""
+    trainer, data = parts.trainer, parts.data
+    splits = load_data(data, trainer.device)
+    steps_per_epoch = n_batches(len(splits.train), data.batch_size)
+    scheduler = make(cfg.scheduler)(parts.optimizer, epochs=trainer.epochs, steps_per_epoch=steps_per_epoch)
+    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)
+    return splits, steps_per_epoch, scheduler, generator
 
 
 def new_summary(cfg: DictConfig, objectives: list[str], n_params: int, seed: int) -> Summary:

@@ -18,10 +18,8 @@ import optuna
 from hydra.core.utils import JobReturn
 from optuna.trial import TrialState
 
-from cnnsweep.artifacts import read_json
 from cnnsweep.errors import UserError
-from cnnsweep.files import SUMMARY_FILE
-from cnnsweep.records import RUN_DIR
+from cnnsweep.records import RUN_DIR, RunFolder
 from cnnsweep.sweep.attrs import OVER_BUDGET, OVERRIDES, REASON
 from cnnsweep.sweep.results import facts_from_summary
 from cnnsweep.train.model import OverBudget
@@ -76,9 +74,9 @@ def job_facts(job: JobReturn) -> dict[str, Any]:
     if job.hydra_cfg is not None:
         run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
         facts[OVERRIDES] = [o for o in job.hydra_cfg.hydra.overrides.task]
-        summary_file = run_dir / SUMMARY_FILE
-        if summary_file.is_file():
-            facts |= facts_from_summary(read_json(summary_file), run_dir)
+        summary = RunFolder(run_dir).read_summary()
+        if summary is not None:
+            facts |= facts_from_summary(summary, run_dir)
         else:
             facts[RUN_DIR] = str(run_dir)
     return {key: item for key, item in facts.items() if item is not None}

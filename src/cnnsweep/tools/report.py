@@ -267,7 +267,7 @@ def format_sweep(sweep: dict[str, Any]) -> str:
         test_acc = f"{best['test_acc']:.4f}" if best.get("test_acc") is not None else "-"
         lines.append(
             f"  best: trial {best['number']}, value {_spread(best, 'value', VALUE_SD)}, test_acc {test_acc}, "
-            f"{best.get('n_params') or 0:,} params, {best.get('run_dir')}"
+            f"{best.get('n_params') or 0:,} params, {best.get(RUN_DIR)}"
         )
     results = read_results(Path(sweep["sweep"]))
     if best is not None and (command := results.get("best_command")):
@@ -279,7 +279,7 @@ def format_sweep(sweep: dict[str, Any]) -> str:
                 f"{name} {_spread(row, f'value_{name}', f'{VALUE_SD}_{name}')}" for name in sweep["objectives"]
             )
             test_acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
-            lines.append(f"    trial {row['number']}: {values}, test_acc {test_acc}, {row.get('run_dir')}")
+            lines.append(f"    trial {row['number']}: {values}, test_acc {test_acc}, {row.get(RUN_DIR)}")
     if sweep["repeats"] > 1:
         lines += format_repeated_trials(sweep)
     if sweep["confirmation"]:
